@@ -1,0 +1,366 @@
+"""Command line: ``python train.py ...`` and ``python -m discrete_rae {train,sample,evaluate,...}``.
+
+The CLI is the only place that configures logging and chooses the device and precision.
+User mistakes (bad flags, data, checkpoints) end with a one-line ``error:`` and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags,
+                     collect_flags, load_toml, replace)
+from .presets import get_preset
+from .registry import DOMAINS, MODELS, SAMPLERS, UnknownNameError, load_all
+
+log = logging.getLogger("discrete_rae")
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+
+# Subcommands contributed by other modules: name -> (help, add_arguments, run). Kept as a
+# table so that `compare`, `optimize`, ... register without editing the parser code.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+class UsageError(Exception):
+    """A user mistake on the command line; printed as one line, exit code 2."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's mistake (one line, exit 2, no traceback)."""
+    from .checkpoint import CheckpointError
+    from .grammar import GrammarError
+
+    errors: list[type[BaseException]] = [UsageError, ConfigError, UnknownNameError, CheckpointError, GrammarError]
+    try:
+        from .data.errors import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. Chosen once here; models never name a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets)."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name in ("auto", "bf16"):
+        return torch.bfloat16
+    raise UsageError(f"--precision {name!r}: choose auto, fp32 or bf16")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+
+
+# --- train ------------------------------------------------------------------------------------
+def _peek(argv: Sequence[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--domain", default="molecules")
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--preset", default="quick")
+    pre.add_argument("--config", default=None)
+    return pre.parse_known_args(list(argv))[0]
+
+
+def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
+    load_all()
+    models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
+    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
+    p = argparse.ArgumentParser(
+        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
+                    f"domains:\n{domains}\n\nmodels:\n{models}",
+        epilog="Every model/train/data/eval option is also a key of --config FILE.toml ([model], [train], "
+               "[data], [eval]). Order: model defaults < preset < config file < flags.\n"
+               "Example: python train.py --domain molecules --model grammar_rae --preset quick")
+    p.add_argument("--domain", default="molecules", help="molecules | expressions | images (default: molecules)")
+    p.add_argument("--model", default=None, help="registered model name (default: grammar_rae, images: rae_l2)")
+    p.add_argument("--preset", default="quick", help="smoke (seconds) | quick (default, <=10 min CPU) | paper (GPU)")
+    p.add_argument("--config", default=None, help="TOML file with [model]/[train]/[data]/[eval] sections")
+    p.add_argument("--run-name", default=None, help="run directory name under --runs-dir (default: MODEL-DOMAIN[-N])")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue the run --run-name from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    _add_common(p)
+    spec = MODELS.get(model_name) if model_name in MODELS else MODELS.get(default_model(domain))
+    model_cfg_cls = type(spec.config_for(domain if domain in spec.domains else spec.domains[0]))
+    add_dataclass_flags(p, model_cfg_cls, "model")
+    add_dataclass_flags(p, TrainConfig, "train")
+    add_dataclass_flags(p, DataConfig, "data")
+    add_dataclass_flags(p, EvalConfig, "eval")
+    return p
+
+
+def default_model(domain: str) -> str:
+    return "rae_l2" if domain == "images" else "grammar_rae"
+
+
+def resolve_run_config(args: argparse.Namespace) -> RunConfig:
+    """model defaults < preset < --config file < flags, with validation."""
+    domain_name = args.domain
+    DOMAINS.get(domain_name)
+    model_name = args.model or default_model(domain_name)
+    spec = MODELS.get(model_name)
+    if domain_name not in spec.domains:
+        raise UsageError(f"model {model_name!r} does not run on domain {domain_name!r} "
+                         f"(it supports: {', '.join(spec.domains)})")
+    try:
+        preset = get_preset(domain_name, args.preset)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
+    file_cfg = load_toml(args.config) if args.config else {}
+    sections: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(), "eval": EvalConfig()}
+    for name in sections:
+        for overrides in (preset.get(name, {}), file_cfg.get(name, {}), collect_flags(args, name)):
+            sections[name] = replace(sections[name], overrides)
+    run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, **sections)
+    validate(run)
+    return run
+
+
+def validate(run: RunConfig) -> None:
+    """Cross-field checks that give one clear message instead of a failure deep in training."""
+    from .registry import LATENTS, REGULARIZERS
+
+    m = run.model
+    LATENTS.get(m.latent)
+    REGULARIZERS.get(m.decoder_reg)
+    if run.eval.sampler:
+        cls = SAMPLERS.get(run.eval.sampler)
+        discrete_latent = m.latent in ("gumbel", "categorical")
+        if getattr(cls, "discrete", False) != discrete_latent:
+            kind = "categorical" if discrete_latent else "continuous"
+            raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
+    if m.latent == "gaussian" and m.decoder_reg == "sn" and m.beta == 0:
+        raise UsageError("--latent gaussian with --beta 0 is not a VAE; use a deterministic latent")
+    for key in ("epochs", "batch_size"):
+        if getattr(run.train, key) <= 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be positive")
+    if run.train.lr <= 0:
+        raise UsageError("--lr must be positive")
+    if not 0 < run.train.val_fraction < 0.5:
+        raise UsageError("--val-fraction must be in (0, 0.5)")
+
+
+def _unique_run_dir(runs_dir: Path, base: str) -> Path:
+    path, i = runs_dir / base, 2
+    while path.exists():
+        path, i = runs_dir / f"{base}-{i}", i + 1
+    return path
+
+
+def run_dir_for(args: argparse.Namespace, run: RunConfig) -> Path:
+    runs_dir = Path(args.runs_dir)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pick one")
+    if args.resume:
+        if not args.run_name:
+            raise UsageError("--resume needs --run-name NAME (the run to continue)")
+        path = runs_dir / args.run_name
+        if not (path / "checkpoint.pt").is_file():
+            raise UsageError(f"--resume: {path}/checkpoint.pt does not exist")
+        return path
+    if args.run_name:
+        path = runs_dir / args.run_name
+        if path.exists() and not args.overwrite:
+            raise UsageError(f"run directory {path} already exists; use --resume to continue it, "
+                             "--overwrite to replace it, or another --run-name")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        return path
+    return _unique_run_dir(runs_dir, f"{run.model_name}-{run.domain}")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A two-column table of the scalar metrics."""
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    width = max((len(k) for k, _ in rows), default=10)
+    line = "-" * (width + 24)
+    return "\n".join([line] + [f"{k:<{width}}  {v}" for k, v in rows] + [line])
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    peek = _peek(argv)
+    args = train_parser(peek.model or default_model(peek.domain), peek.domain).parse_args(list(argv))
+    if args.resume and args.run_name:
+        run = _resume_config(Path(args.runs_dir) / args.run_name, args)
+    else:
+        run = resolve_run_config(args)
+    run_dir = run_dir_for(args, run)
+    setup_logging(-1 if args.quiet else args.verbose, run_dir / "train.log")
+    device = choose_device(args.device)
+    amp = choose_precision(args.precision, device)
+    from .distributed import setup_distributed
+
+    dist = setup_distributed(device)
+    if dist.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    log.info("run %s: %s on %s (%s preset), device %s%s", run_dir, run.model_name, run.domain, run.preset,
+             device, " bf16" if amp else "")
+    from .pipeline import train_run
+
+    metrics = train_run(run, run_dir, device, amp, resume=args.resume, dist=dist.info, progress=not args.quiet)
+    if dist.info.is_main:
+        print(format_metrics(metrics))
+        print(f"run directory: {run_dir}  (samples.txt, samples.png, metrics.json, checkpoint.pt)")
+    dist.close()
+    return 0
+
+
+def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
+    from .checkpoint import load_checkpoint
+    from .pipeline import run_config_from_checkpoint
+
+    run = run_config_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
+    extra_epochs = collect_flags(args, "train").get("epochs")
+    if extra_epochs is not None:  # allow extending a finished run
+        run.train = replace(run.train, {"epochs": extra_epochs})
+    return run
+
+
+# --- sample / evaluate -------------------------------------------------------------------------
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory (e.g. runs/grammar_rae-molecules)")
+    p.add_argument("--sampler", default=None, help="ex-post sampler (default: the model's; see the run's checkpoint)")
+    _add_common(p)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .pipeline import load_run, pick_sampler
+
+    device = choose_device(args.device)
+    loaded = load_run(Path(args.run), device)
+    sampler = pick_sampler(loaded, args.sampler)
+    domain = DOMAINS.get(loaded.run.domain)
+    if args.n <= 0:
+        raise UsageError("--n must be positive")
+    samples = domain.sample_texts(loaded.model, sampler, args.n, device, args.temperature)
+    out = Path(args.out) if args.out else loaded.run_dir / f"samples-{sampler.name}.txt"
+    out.write_text("\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
+    stats = domain.sample_metrics(samples, [])
+    stats.pop("novel", None)  # novelty needs the training set: see `evaluate`
+    print(format_metrics({"sampler": sampler.name, **stats}))
+    print(f"samples written to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate_loaded, load_run
+
+    device = choose_device(args.device)
+    loaded = load_run(Path(args.run), device)
+    if args.recon_protocol:
+        loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
+    domain = DOMAINS.get(loaded.run.domain)
+    prepared = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"], progress=not args.quiet)
+    metrics = evaluate_loaded(loaded, prepared, device, args.sampler, progress=not args.quiet, n_samples=args.n)
+    out = loaded.run_dir / "metrics.json"
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    previous.update(metrics)
+    out.write_text(json.dumps(previous, indent=2, default=float) + "\n")
+    print(format_metrics(metrics))
+    return 0
+
+
+def build_main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m discrete_rae",
+                                description="discrete_rae: regularized autoencoders for discrete and structured data.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("train", help="train a model (same flags as train.py; see `train --help`)", add_help=False)
+    s = sub.add_parser("sample", help="draw samples from a trained run's ex-post sampler")
+    _run_arg(s)
+    s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding (default)")
+    s.add_argument("--out", default=None, help="output file (default: RUN/samples-SAMPLER.txt)")
+    e = sub.add_parser("evaluate", help="evaluate a trained run (validity, uniqueness, novelty, reconstruction)")
+    _run_arg(e)
+    e.add_argument("--n", type=int, default=None, help="number of samples (default: the run's eval.n_samples)")
+    e.add_argument("--recon-protocol", default=None, help="greedy (default) | stochastic (10 encodings x 100 decodes)")
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+    return p
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"sample": cmd_sample, "evaluate": cmd_evaluate}
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "train":
+        return cmd_train(argv[1:])
+    load_all()
+    args = build_main_parser().parse_args(argv)
+    if args.command is None:
+        build_main_parser().print_help()
+        return EXIT_USAGE
+    setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
+    handler = _HANDLERS.get(args.command) or COMMANDS[args.command][2]
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m discrete_rae``; returns the exit code."""
+    from .trainer import NonFiniteLossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume --run-name NAME", file=sys.stderr)
+        return 130
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train.py``: the ``train`` subcommand."""
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])

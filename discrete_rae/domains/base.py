@@ -1,0 +1,217 @@
+"""The domain interface and the shared machinery of the sequence domains.
+
+A domain turns a :class:`~discrete_rae.config.RunConfig` into encoded tensors and a codec
+(:meth:`Domain.prepare`) and judges a trained model (:meth:`Domain.evaluate`). The pipeline
+calls nothing else, so adding a domain never touches the trainer or the models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
+from ..config import EvalConfig, RunConfig
+from ..grammar import Grammar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Encoded splits and what produced them.
+
+    train/val/test: example tensors ([N, L] token ids or [N, C, H, W] images).
+    train_texts / test_texts: the strings behind the sequence splits (empty for images).
+    info: counts, loader report and data hash, recorded in the run directory.
+    """
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    codec: Any
+    train_texts: list[str] = field(default_factory=list)
+    test_texts: list[str] = field(default_factory=list)
+    labels: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Domain:
+    """Base class of a domain (molecules, expressions, images)."""
+
+    name = "base"
+    datasets: tuple[str, ...] = ()
+    default_dataset = ""
+
+    def prepare(self, run: RunConfig, codec_state: dict | None = None, progress: bool = True) -> Prepared:
+        raise NotImplementedError
+
+    def evaluate(self, model: Any, sampler: Any, prepared: Prepared, cfg: EvalConfig, run_dir: Path | None,
+                 device: torch.device, progress: bool = True) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def split_indices(n: int, n_test: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded random split into train / val / test index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(n_test, n // 5)
+    n_val = max(1, int(round((n - n_test) * val_fraction)))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def text_hash(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class SequenceDomain(Domain):
+    """Shared logic of the string domains: split, encode with a codec, decode and judge samples.
+
+    Subclasses provide ``grammar_name``, :meth:`load_texts`, :meth:`canonical` (None = invalid),
+    :meth:`extra_metrics` and :meth:`render`.
+    """
+
+    grammar_name = ""
+
+    def load_texts(self, run: RunConfig, progress: bool) -> tuple[list[str], dict[str, Any]]:
+        raise NotImplementedError
+
+    def canonical(self, text: str) -> str | None:
+        raise NotImplementedError
+
+    def extra_metrics(self, valid: list[str]) -> dict[str, Any]:
+        return {}
+
+    def render(self, samples: list[str | None], path: Path) -> None:
+        raise NotImplementedError
+
+    def make_codec(self, kind: str, texts: list[str], max_length: int) -> SequenceCodec:
+        if kind == "grammar":
+            return GrammarCodec(Grammar.builtin(self.grammar_name))
+        return CharCodec.fit(texts, max_length or None)
+
+    def prepare(self, run: RunConfig, codec_state: dict | None = None, progress: bool = True) -> Prepared:
+        texts, report = self.load_texts(run, progress)
+        codec = codec_from_state(codec_state) if codec_state else self.make_codec(run.model.codec, texts, run.model.max_length)
+        cache_dir = Path(run.data.data_dir or _default_data_dir()) / "cache"
+        enc = codec.encode(texts, cache_dir=cache_dir, workers=max(1, run.data.workers), progress=progress)
+        if not enc.texts:
+            raise ValueError(f"dataset {run.data.dataset!r}: no string could be encoded by the {codec.kind} codec")
+        lengths = np.asarray(enc.lengths)
+        if codec_state is None:  # fix the model's sequence length from the data
+            codec.max_length = int(run.model.max_length or lengths.max())
+        keep = lengths <= codec.max_length
+        ids = torch.from_numpy(np.ascontiguousarray(enc.ids[keep, : codec.max_length]))
+        kept = [t for t, k in zip(enc.texts, keep) if k]
+        tr, va, te = split_indices(len(kept), run.data.n_test, run.train.val_fraction, run.train.seed)
+        failures = Counter(reason.split(" at ")[0] for _, _, reason in enc.failures)
+        info = {**report, "encoded": len(enc.texts), "encode_failures": dict(failures),
+                "too_long": int((~keep).sum()), "n_train": len(tr), "n_val": len(va), "n_test": len(te),
+                "max_length": codec.max_length, "mean_length": float(lengths.mean()),
+                "data_hash": text_hash(kept)}
+        if enc.failures:
+            log.warning("%d of %d strings could not be encoded (%s); e.g. %r", len(enc.failures), len(texts),
+                        dict(failures), enc.failures[0][1][:80])
+        return Prepared(ids[tr], ids[va], ids[te], codec, [kept[i] for i in tr], [kept[i] for i in te], info=info)
+
+    # --- evaluation -------------------------------------------------------------------------
+    def decode(self, model: Any, z: Tensor, device: torch.device, batch: int = 500, temperature: float = 0.0,
+               generator: torch.Generator | None = None) -> list[str | None]:
+        """Decode codes [N, D] to strings (None = did not finish within max_length)."""
+        out: list[str | None] = []
+        model.eval()
+        for chunk in z.split(batch):
+            ids, finished = model.generate(chunk.to(device), greedy=temperature <= 0,
+                                           temperature=max(temperature, 1e-6), generator=generator)
+            out.extend(model.codec.to_text(ids.cpu(), finished.cpu()))
+        return out
+
+    def encode(self, model: Any, ids: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+        model.eval()
+        return torch.cat([model.encode(chunk.to(device)).float().cpu() for chunk in ids.split(batch)])
+
+    def sample_texts(self, model: Any, sampler: Any, n: int, device: torch.device, temperature: float = 0.0,
+                     generator: torch.Generator | None = None) -> list[str | None]:
+        z = sampler.sample(n, generator=generator)
+        return self.decode(model, z, device, temperature=temperature)
+
+    def sample_metrics(self, samples: list[str | None], train_texts: list[str]) -> dict[str, Any]:
+        """valid / unique / novel / unfinished of decoded samples (unique and novel over valid)."""
+        n = len(samples)
+        canon = [self.canonical(s) if s is not None else None for s in samples]
+        valid = [c for c in canon if c is not None]
+        unique = set(valid)
+        train_set = set(train_texts)
+        novel = [c for c in unique if c not in train_set]
+        return {"n_samples": n, "valid": len(valid) / max(n, 1), "unique": len(unique) / max(len(valid), 1),
+                "novel": len(novel) / max(len(unique), 1), "unfinished": sum(s is None for s in samples) / max(n, 1),
+                **self.extra_metrics(valid)}
+
+    def reconstruction(self, model: Any, prepared: Prepared, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+        """Greedy: decode the code of each held-out string once, argmax; share equal to the input.
+
+        ``stochastic`` (GVAE protocol): 10 posterior draws per input (the mean for deterministic
+        codes), each decoded 100 times with sampling; share of decodes equal to the input.
+        """
+        ids, truth = prepared.test, prepared.test_texts
+        if len(truth) == 0:
+            return {"recon_accuracy": float("nan"), "n_recon": 0}
+        codes = self.encode(model, ids, device)
+        if cfg.recon_protocol == "stochastic":
+            return self._stochastic_recon(model, ids, truth, device)
+        decoded = self.decode(model, codes, device)
+        hits = sum(d is not None and self.canonical(d) == t for d, t in zip(decoded, truth))
+        return {"recon_accuracy": hits / len(truth), "n_recon": len(truth), "recon_protocol": "greedy"}
+
+    def _stochastic_recon(self, model: Any, ids: Tensor, truth: list[str], device: torch.device,
+                          n_enc: int = 10, n_dec: int = 100) -> dict[str, Any]:
+        hits = total = 0
+        for x, t in tqdm(list(zip(ids, truth)), desc="stochastic reconstruction", leave=False):
+            xb = x.unsqueeze(0).repeat(n_enc, 1).to(device)
+            model.latent.train()  # posterior sampling for stochastic latents; no-op for RAEs
+            with torch.no_grad():
+                z = model.latent(model.encoder.eval()(xb)).z
+            model.latent.eval()
+            decoded = self.decode(model, z.repeat_interleave(n_dec, 0), device, temperature=1.0)
+            hits += sum(d is not None and self.canonical(d) == t for d in decoded)
+            total += len(decoded)
+        return {"recon_accuracy": hits / max(total, 1), "n_recon": len(truth), "recon_protocol": "stochastic"}
+
+    def evaluate(self, model: Any, sampler: Any, prepared: Prepared, cfg: EvalConfig, run_dir: Path | None,
+                 device: torch.device, progress: bool = True) -> dict[str, Any]:
+        t0 = time.monotonic()
+        samples = self.sample_texts(model, sampler, cfg.n_samples, device, cfg.temperature)
+        metrics = {**self.sample_metrics(samples, prepared.train_texts), "sampler": sampler.name,
+                   **self.reconstruction(model, prepared, cfg, device)}
+        metrics["eval_seconds"] = round(time.monotonic() - t0, 1)
+        if run_dir is not None:
+            (run_dir / "samples.txt").write_text("\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
+            try:
+                self.render(samples, run_dir / "samples.png")
+            except Exception as err:  # a picture must never cost the metrics
+                log.warning("could not draw samples.png: %s", err)
+        return metrics
+
+
+def _default_data_dir() -> Path:
+    from ..data.molecules import default_data_dir
+
+    return default_data_dir()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")

@@ -1,0 +1,218 @@
+"""Discrete latent types: the Gumbel-softmax VAE and the deterministic categorical code (RAE).
+
+Both map encoder features ``h`` [B, H] to logits [B, N, K] of N categorical variables with K
+classes each (default 30 x 10) and hand the decoder a flattened code z [B, N*K]. ``code`` is
+always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluation decodes).
+
+``gumbel`` (Jang, Gu & Poole 2017, REFERENCE §4)
+    q(y_n | x) = Cat(softmax(l_n)). In training z_n = softmax((l_n + g_n) / tau) with
+    g_n ~ Gumbel(0, 1) i.i.d. (our own float32 sampler, below); with ``straight_through`` the
+    forward value is one_hot(argmax z_n) and the gradient is the relaxed sample's. At evaluation
+    z_n = one_hot(argmax l_n). Penalty: beta_t * sum_n KL(q(y_n|x) || Uniform(K)), mean over the
+    batch, with KL(q || U) = sum_k q_k log q_k + log K and beta_t linearly annealed from 0 to
+    beta over ``kl_anneal_steps`` (0 = no annealing).
+
+``categorical`` (the discrete RAE; REFERENCE §4 gives the reading)
+    No noise and no KL. ``categorical_mode="argmax"``: z_n = one_hot(argmax l_n) forward,
+    gradient of s_n = softmax(l_n / tau) backward (straight-through). ``"softmax"``: z_n = s_n
+    in training (a tempered, deterministic relaxation) and the one-hot at evaluation, so that
+    reconstruction is measured on the same kind of code the ex-post samplers produce.
+    The decoder is regularised by the shared regularisers (L2 / GP w.r.t. the relaxed code z /
+    SN). Latent penalty (our definition, the analogue of the RAE's beta/2 ||z||^2, whose value
+    is the constant N for one-hot codes): beta * 1/2 * sum_{n,k} (l_nk - mean_k l_nk)^2, mean
+    over the batch. It bounds the logits (softmax is shift-invariant, hence the centring), which
+    keeps the straight-through gradient of the softmax from vanishing as logits grow.
+
+Temperature (both types): tau_t = max(tau_min, tau * exp(-tau_rate * t0)) where t0 is the step
+rounded down to a multiple of ``tau_every`` (Jang et al.'s schedule); set by :meth:`on_step`.
+It is a pure function of the step, so resuming a run restores it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .latents import Latent, LatentOutput
+from .registry import LATENTS
+
+log = logging.getLogger(__name__)
+
+CATEGORICAL_MODES = ("argmax", "softmax")
+
+
+# --- sampling primitives -------------------------------------------------------------------------
+def sample_gumbel(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None = None,
+                  device: torch.device | None = None) -> Tensor:
+    """Standard Gumbel noise g = -log(-log u), float32, finite for every u.
+
+    u ~ U[0, 1) is clamped to [tiny, 1 - eps/2] (float32), so -log u lies in [3e-8, 87.3] and
+    g in [-4.5, 17.3]: no 0 or inf reaches a logarithm (torch's legacy sampler could).
+    """
+    finfo = torch.finfo(torch.float32)
+    u = torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
+    u = u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+    return -torch.log(-torch.log(u))
+
+
+def hard_one_hot(scores: Tensor) -> Tensor:
+    """one_hot(argmax) over the last dim, same shape and dtype as ``scores`` [..., K]."""
+    return F.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
+
+
+def straight_through(soft: Tensor) -> Tensor:
+    """Forward: one_hot(argmax soft); backward: identity to ``soft`` [..., K]."""
+    return hard_one_hot(soft) - soft.detach() + soft
+
+
+def gumbel_softmax_sample(logits: Tensor, tau: float, hard: bool = False,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Relaxed sample softmax((logits + g) / tau) over the last dim, in float32.
+
+    logits [..., K] -> [..., K]. ``hard``: straight-through one-hot. Raises for tau <= 0.
+    """
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"Gumbel-softmax temperature must be a finite number > 0, got {tau}")
+    x = logits.float()
+    g = sample_gumbel(x.shape, generator=generator, device=x.device)
+    soft = torch.softmax((x + g) / tau, dim=-1)
+    return straight_through(soft) if hard else soft
+
+
+def categorical_kl_uniform(log_q: Tensor) -> Tensor:
+    """sum_n KL(q_n || Uniform(K)) per example: log_q [B, N, K] (normalised) -> [B].
+
+    KL = sum_k q_k (log q_k + log K); q_k = 0 entries contribute exactly 0.
+    """
+    q = log_q.exp()
+    return (q * (log_q + math.log(log_q.shape[-1]))).sum((-2, -1))
+
+
+def temperature_at(step: int, tau: float, tau_min: float, tau_rate: float, tau_every: int) -> float:
+    """tau_t = max(tau_min, tau * exp(-tau_rate * t0)), t0 = step rounded down to tau_every."""
+    t0 = (step // tau_every) * tau_every if tau_every > 0 else step
+    return max(tau_min, tau * math.exp(-tau_rate * t0))
+
+
+# --- shared base ---------------------------------------------------------------------------------
+class _CategoricalBase(Latent):
+    """Linear head to N x K logits, a temperature schedule and one-hot codes."""
+
+    discrete = True
+
+    def __init__(self, in_dim: int, n_vars: int, n_classes: int, tau: float = 1.0, tau_min: float = 0.5,
+                 tau_rate: float = 1e-4, tau_every: int = 500) -> None:
+        super().__init__()
+        if n_vars < 1 or n_classes < 2:
+            raise ValueError(f"need n_vars >= 1 and n_classes >= 2, got {n_vars} x {n_classes}")
+        if not (tau > 0 and tau_min > 0):
+            raise ValueError(f"temperatures must be > 0, got tau={tau}, tau_min={tau_min}")
+        self.n_vars, self.n_classes = n_vars, n_classes
+        self.tau0, self.tau_min, self.tau_rate, self.tau_every = tau, tau_min, tau_rate, tau_every
+        self.tau = tau
+        self.head = nn.Linear(in_dim, n_vars * n_classes)
+
+    @property
+    def code_dim(self) -> int:
+        return self.n_vars * self.n_classes
+
+    def on_step(self, step: int) -> dict[str, float]:
+        self.tau = temperature_at(step, self.tau0, self.tau_min, self.tau_rate, self.tau_every)
+        return {"tau": self.tau}
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Log-probabilities of q(y|x), [B, N, K], float32 (log_softmax of the head)."""
+        raw = self.head(h).float().view(h.shape[0], self.n_vars, self.n_classes)
+        return F.log_softmax(raw, dim=-1)
+
+    def flat(self, y: Tensor) -> Tensor:
+        """[B, N, K] -> [B, N*K]."""
+        return y.reshape(y.shape[0], self.code_dim)
+
+
+@LATENTS.register("gumbel")
+class GumbelLatent(_CategoricalBase):
+    """Categorical posterior relaxed with Gumbel-softmax; KL to the uniform prior."""
+
+    stochastic = True
+
+    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, beta: float = 1.0,
+                 kl_anneal_steps: int = 0, straight_through: bool = False, **tau_kwargs: Any) -> None:
+        super().__init__(in_dim, n_vars, n_classes, **tau_kwargs)
+        self.beta, self.kl_anneal_steps, self.hard = beta, kl_anneal_steps, straight_through
+
+    @classmethod
+    def from_config(cls, cfg: Any, in_dim: int) -> "GumbelLatent":
+        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.beta, cfg.kl_anneal_steps, cfg.straight_through,
+                   tau=cfg.tau, tau_min=cfg.tau_min, tau_rate=cfg.tau_rate, tau_every=cfg.tau_every)
+
+    def forward(self, h: Tensor) -> LatentOutput:
+        log_q = self.logits(h)
+        code = self.flat(hard_one_hot(log_q))
+        z = self.flat(gumbel_softmax_sample(log_q, self.tau, self.hard)) if self.training else code
+        return LatentOutput(z=z, code=code, stats={"log_q": log_q})
+
+    def beta_at(self, step: int) -> float:
+        if self.kl_anneal_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_anneal_steps)
+
+    def kl(self, out: LatentOutput) -> Tensor:
+        """sum over variables of KL(q(y_n|x) || Uniform(K)), [B]."""
+        return categorical_kl_uniform(out.stats["log_q"])
+
+    def penalty(self, out: LatentOutput, step: int) -> Tensor:
+        return self.beta_at(step) * self.kl(out).mean()
+
+    def sample_posterior(self, out: LatentOutput, k: int, generator: torch.Generator | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """k exact (one-hot) draws y ~ q(y|x) and log q(y|x) - log p(y).
+
+        Returns z [k, B, N*K] and log-ratio [k, B] (p = uniform: log p(y) = -N log K).
+        """
+        log_q = out.stats["log_q"]  # [B, N, K]
+        b = log_q.shape[0]
+        idx = torch.multinomial(log_q.exp().reshape(-1, self.n_classes), k, replacement=True,
+                                generator=generator)  # [B*N, k]
+        idx = idx.T.reshape(k, b, self.n_vars)
+        lq = log_q.unsqueeze(0).expand(k, -1, -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        z = F.one_hot(idx, self.n_classes).float().reshape(k, b, self.code_dim)
+        return z, lq + self.n_vars * math.log(self.n_classes)
+
+
+@LATENTS.register("categorical")
+class CategoricalLatent(_CategoricalBase):
+    """Deterministic categorical code (discrete RAE / AE): argmax + straight-through, or softmax."""
+
+    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, beta: float = 0.0,
+                 mode: str = "argmax", **tau_kwargs: Any) -> None:
+        super().__init__(in_dim, n_vars, n_classes, **tau_kwargs)
+        if mode not in CATEGORICAL_MODES:
+            raise ValueError(f"categorical_mode {mode!r}: choose one of {', '.join(CATEGORICAL_MODES)}")
+        self.beta, self.mode = beta, mode
+
+    @classmethod
+    def from_config(cls, cfg: Any, in_dim: int) -> "CategoricalLatent":
+        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.beta, cfg.categorical_mode,
+                   tau=cfg.tau, tau_min=cfg.tau_min, tau_rate=cfg.tau_rate, tau_every=cfg.tau_every)
+
+    def forward(self, h: Tensor) -> LatentOutput:
+        log_q = self.logits(h)
+        code = self.flat(hard_one_hot(log_q))
+        if not self.training:
+            return LatentOutput(z=code, code=code, stats={"log_q": log_q})
+        soft = torch.softmax(log_q / self.tau, dim=-1)
+        z = straight_through(soft) if self.mode == "argmax" else soft
+        return LatentOutput(z=self.flat(z), code=code, stats={"log_q": log_q})
+
+    def penalty(self, out: LatentOutput, step: int) -> Tensor:
+        if self.beta == 0:
+            return out.z.new_zeros(())
+        log_q = out.stats["log_q"]
+        centred = log_q - log_q.mean(-1, keepdim=True)
+        return self.beta * 0.5 * centred.pow(2).sum((-2, -1)).mean()

@@ -1,0 +1,89 @@
+"""Discrete-latent models: the Gumbel-softmax VAE, the discrete RAE and the discrete AE control.
+
+One builder for every domain: the network comes from the domain's codec (``codec.kind``) via
+:data:`NETWORKS` (images: the conv encoder/decoder of models/images.py; expressions and
+molecules: the grammar-masked sequence networks of models/sequence.py). The latent type and
+the decoder regulariser come from the config, as for every other model of the toolkit.
+
+The three registered models differ only in these config values (``_GUMBEL``, ``_DRAE``,
+``_DAE`` below):
+
+- ``gumbel_vae``: latent ``gumbel`` (N x K = 30 x 10, relaxed Gumbel-softmax samples in
+  training, KL to the uniform prior with weight beta = 1), no decoder regulariser; samples
+  from the uniform prior (``uniform``), as in Jang et al. 2017.
+- ``discrete_rae``: latent ``categorical`` (deterministic argmax one-hot, straight-through
+  gradient), decoder regulariser ``_DRAE_REG`` (chosen by measurement, see the note below),
+  a small logit penalty (beta); samples from an ex-post density over the codes.
+- ``discrete_ae``: the same deterministic code with no regulariser at all (beta 0, ``none``).
+
+Importing this module also registers the ``gumbel`` / ``categorical`` latents, the discrete
+samplers and the ``compare`` command.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from .. import compare  # noqa: F401  (registers the `compare` command)
+from .. import latents_discrete  # noqa: F401  (registers the gumbel / categorical latents)
+from .. import samplers_discrete  # noqa: F401  (registers the discrete samplers)
+from ..registry import ModelSpec, register_model
+from .sequence import SequenceModelConfig, build_sequence_model
+
+log = logging.getLogger(__name__)
+
+# codec.kind -> builder(cfg, codec) of the domain's encoder/decoder pair.
+NETWORKS: dict[str, Callable[[Any, Any], Any]] = {"grammar": build_sequence_model, "char": build_sequence_model}
+CONFIGS: dict[str, Callable[..., Any]] = {"molecules": SequenceModelConfig, "expressions": SequenceModelConfig}
+
+try:  # the image family is optional: without it the models run on the sequence domains only
+    from .images import ImageModelConfig, build_image_model
+except ModuleNotFoundError as err:  # pragma: no cover - depends on which families are installed
+    if not (err.name or "").startswith("discrete_rae"):
+        raise
+    log.debug("image family not available: %s", err)
+else:
+    CONFIGS["images"] = ImageModelConfig
+    for _kind in ("pixels", "image", "images"):
+        NETWORKS[_kind] = build_image_model
+
+
+def build_discrete_model(cfg: Any, codec: Any) -> Any:
+    """The domain's network (by ``codec.kind``) with the config's discrete latent and regulariser."""
+    try:
+        network = NETWORKS[codec.kind]
+    except KeyError:
+        raise ValueError(f"no network for codec kind {codec.kind!r}; known: {', '.join(sorted(NETWORKS))}") from None
+    return network(cfg, codec)
+
+
+_COMMON = dict(n_vars=30, n_classes=10, tau=1.0, tau_min=0.5, tau_rate=1e-4, tau_every=100)
+_GUMBEL = dict(_COMMON, latent="gumbel", beta=1.0, kl_anneal_steps=0, straight_through=False,
+               decoder_reg="none", reg_weight=0.0)
+# Discrete RAE regulariser: chosen by measurement on digits (see docs in compare report / issue #5).
+_DRAE_REG = ("l2", 1e-2)
+_DRAE = dict(_COMMON, latent="categorical", categorical_mode="argmax", beta=1e-3,
+             decoder_reg=_DRAE_REG[0], reg_weight=_DRAE_REG[1])
+_DAE = dict(_COMMON, latent="categorical", categorical_mode="argmax", beta=0.0, decoder_reg="none", reg_weight=0.0)
+
+
+def _configs(values: dict[str, Any]) -> dict[str, Any]:
+    """One default config per domain: the domain family's config class with ``values``."""
+    extra = {"sequence": {"codec": "grammar"}}
+    return {domain: cls(**values, **(extra["sequence"] if cls is SequenceModelConfig else {}))
+            for domain, cls in CONFIGS.items()}
+
+
+_DOMAINS = tuple(CONFIGS)
+
+register_model(ModelSpec(
+    "gumbel_vae", "Gumbel-softmax VAE: 30x10 categorical latent, KL to uniform, uniform-prior sampling",
+    _configs(_GUMBEL), build_discrete_model, _DOMAINS, "uniform", family="discrete"))
+register_model(ModelSpec(
+    "discrete_rae", "discrete RAE: deterministic argmax code (straight-through), regularised decoder, "
+    "ex-post autoregressive prior", _configs(_DRAE), build_discrete_model, _DOMAINS, "autoregressive",
+    family="discrete"))
+register_model(ModelSpec(
+    "discrete_ae", "discrete AE control: deterministic argmax code, no regulariser, ex-post sampling",
+    _configs(_DAE), build_discrete_model, _DOMAINS, "autoregressive", family="discrete"))

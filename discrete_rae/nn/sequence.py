@@ -1,0 +1,134 @@
+"""Encoders and decoders over token sequences (production rules or characters).
+
+Shapes: ids [B, L] integer tokens; one-hot [B, L, V]; codes z [B, D]; logits [B, L, V].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..codecs import SequenceCodec
+from ..grammar import select
+
+
+class ConvSequenceEncoder(nn.Module):
+    """The Grammar VAE encoder: 1-D convolutions over the one-hot sequence, then a dense layer.
+
+    one-hot [B, L, V] -> Conv1d stack (ReLU) -> flatten -> Linear(hidden) -> ReLU -> h [B, hidden]
+    Paper sizes (molecules): channels (9, 9, 10), kernels (9, 9, 11), hidden 435.
+    """
+
+    def __init__(self, vocab: int, length: int, channels: Sequence[int] = (9, 9, 10),
+                 kernels: Sequence[int] = (9, 9, 11), hidden: int = 435) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch, out_len = vocab, length
+        for ch, k in zip(channels, kernels):
+            k = min(k, out_len)  # short sequences (expressions, L=15) cannot take long kernels
+            layers += [nn.Conv1d(in_ch, ch, k), nn.BatchNorm1d(ch), nn.ReLU()]
+            in_ch, out_len = ch, out_len - k + 1
+        self.vocab = vocab
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Sequential(nn.Linear(in_ch * out_len, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = F.one_hot(ids.long(), self.vocab).to(self.dense[0].weight.dtype).transpose(1, 2)
+        return self.dense(self.convs(x).flatten(1))
+
+
+class GRUSequenceEncoder(nn.Module):
+    """Bidirectional GRU over token embeddings; final states of both directions -> h."""
+
+    def __init__(self, vocab: int, length: int, hidden: int = 256, embed: int = 64, layers: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = nn.GRU(embed, hidden, layers, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(self, ids: Tensor) -> Tensor:
+        _, h = self.rnn(self.embed(ids.long()))
+        return torch.cat([h[-2], h[-1]], dim=-1)
+
+
+class RepeatGRUDecoder(nn.Module):
+    """The Grammar VAE decoder (non-autoregressive): the code is repeated at every step.
+
+    z [B, D] -> Linear+ReLU -> repeated L times -> GRU stack -> Linear -> logits [B, L, V].
+    Decoding masks the full logit tensor step by step with the codec (grammar stack).
+    """
+
+    autoregressive = False
+
+    def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 501, layers: int = 3) -> None:
+        super().__init__()
+        self.length = length
+        self.inp = nn.Sequential(nn.Linear(code_dim, hidden), nn.ReLU())
+        self.rnn = nn.GRU(hidden, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, z: Tensor, ids: Tensor | None = None) -> Tensor:
+        x = self.inp(z).unsqueeze(1).expand(-1, self.length, -1)
+        h, _ = self.rnn(x)
+        return self.out(h)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, codec: SequenceCodec, greedy: bool = True, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return codec.decode_logits(self(z).float(), greedy, temperature, generator)
+
+
+class AutoregressiveGRUDecoder(nn.Module):
+    """GRU fed the previous token and the code; teacher-forced in training.
+
+    h_0 = tanh(W z) for each layer; input_t = [embed(y_{t-1}), z]; logits_t = W_o h_t.
+    Decoding masks each step with the codec (grammar stack), so the choice at t conditions
+    the next step.
+    """
+
+    autoregressive = True
+
+    def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 256, layers: int = 1,
+                 embed: int = 64) -> None:
+        super().__init__()
+        self.length, self.vocab, self.layers, self.hidden = length, vocab, layers, hidden
+        self.embed = nn.Embedding(vocab + 1, embed)  # index `vocab` is the start token
+        self.init = nn.Linear(code_dim, layers * hidden)
+        self.rnn = nn.GRU(embed + code_dim, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def _h0(self, z: Tensor) -> Tensor:
+        return torch.tanh(self.init(z)).view(z.shape[0], self.layers, self.hidden).transpose(0, 1).contiguous()
+
+    def forward(self, z: Tensor, ids: Tensor) -> Tensor:
+        start = torch.full_like(ids[:, :1], self.vocab, dtype=torch.long)
+        prev = torch.cat([start, ids[:, :-1].long()], dim=1)
+        x = torch.cat([self.embed(prev), z.unsqueeze(1).expand(-1, prev.shape[1], -1)], dim=-1)
+        h, _ = self.rnn(x, self._h0(z))
+        return self.out(h)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, codec: SequenceCodec, greedy: bool = True, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        state = codec.new_state(z.shape[0], z.device)
+        h = self._h0(z)
+        prev = torch.full((z.shape[0],), self.vocab, dtype=torch.long, device=z.device)
+        for _ in range(self.length):
+            x = torch.cat([self.embed(prev), z], dim=-1).unsqueeze(1)
+            out, h = self.rnn(x, h)
+            prev = select(self.out(out[:, 0]).float(), state.allowed(), greedy, temperature, generator)
+            state.push(prev)
+            if bool(state.done.all()):
+                break
+        ids = state.ids
+        if ids.shape[1] < self.length:  # every row finished early: pad to the full length
+            ids = F.pad(ids, (0, self.length - ids.shape[1]), value=codec.pad_index)
+        return ids, state.done
+
+
+ENCODERS: dict[str, Any] = {"conv": ConvSequenceEncoder, "gru": GRUSequenceEncoder}
+DECODERS: dict[str, Any] = {"gru": AutoregressiveGRUDecoder, "repeat": RepeatGRUDecoder}

@@ -1,0 +1,70 @@
+"""Presets: named override sets per domain (model / train / data / eval sections).
+
+- ``smoke``: seconds; used by the tests.
+- ``quick``: the default; <= 10 minutes on a 2-core CPU including data preparation.
+- ``paper``: the paper's sizes (Kusner et al. 2017, Ghosh et al. 2020); meant for a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "molecules": {
+        "smoke": {
+            "model": {"enc_hidden": 64, "latent_dim": 8, "dec_hidden": 64, "embed_dim": 16,
+                      "conv_channels": (4, 4), "conv_kernels": (5, 5), "kl_anneal_steps": 10},
+            "train": {"epochs": 1, "batch_size": 64},
+            "data": {"dataset": "nci5k", "n_train": 300, "n_test": 20},
+            "eval": {"n_samples": 30, "gmm_k": 2},
+        },
+        "quick": {
+            "model": {"enc_hidden": 256, "latent_dim": 56, "dec_hidden": 384, "dec_layers": 1, "embed_dim": 64},
+            "train": {"epochs": 100, "batch_size": 128, "lr": 2e-3, "max_minutes": 7.0},
+            "data": {"dataset": "moses", "n_train": 40000, "n_test": 1000},
+            "eval": {"n_samples": 1000},
+        },
+        "paper": {
+            "model": {"encoder": "conv", "conv_channels": (9, 9, 10), "conv_kernels": (9, 9, 11),
+                      "enc_hidden": 435, "latent_dim": 56, "decoder": "repeat", "dec_hidden": 501, "dec_layers": 3},
+            "train": {"epochs": 100, "batch_size": 500, "lr": 1e-3, "lr_factor": 0.2, "early_stop": 10},
+            "data": {"dataset": "zinc250k", "n_train": 0, "n_test": 5000},
+            "eval": {"n_samples": 10000},
+        },
+    },
+    "expressions": {
+        "smoke": {
+            "model": {"enc_hidden": 32, "latent_dim": 4, "dec_hidden": 32, "embed_dim": 8,
+                      "conv_channels": (2, 3), "conv_kernels": (2, 3), "kl_anneal_steps": 10},
+            "train": {"epochs": 1, "batch_size": 64},
+            "data": {"dataset": "generated", "n_train": 400, "n_test": 20},
+            "eval": {"n_samples": 30, "gmm_k": 2},
+        },
+        "quick": {
+            "model": {"conv_channels": (2, 3, 4), "conv_kernels": (2, 3, 4), "enc_hidden": 100, "latent_dim": 25,
+                      "dec_hidden": 128, "dec_layers": 1, "embed_dim": 32},
+            "train": {"epochs": 30, "batch_size": 256, "lr": 2e-3, "max_minutes": 4.0},
+            "data": {"dataset": "generated", "n_train": 100000, "n_test": 1000},
+            "eval": {"n_samples": 1000},
+        },
+        "paper": {
+            "model": {"conv_channels": (2, 3, 4), "conv_kernels": (2, 3, 4), "enc_hidden": 100, "latent_dim": 25,
+                      "decoder": "repeat", "dec_hidden": 100, "dec_layers": 3},
+            "train": {"epochs": 50, "batch_size": 500, "lr": 1e-3, "lr_factor": 0.2, "early_stop": 10},
+            "data": {"dataset": "generated", "n_train": 100000, "n_test": 5000},
+            "eval": {"n_samples": 10000},
+        },
+    },
+}
+
+
+def preset_names(domain: str) -> list[str]:
+    return sorted(PRESETS.get(domain, {}))
+
+
+def get_preset(domain: str, name: str) -> dict[str, dict[str, Any]]:
+    """The overrides of preset ``name`` for ``domain`` (empty sections where unset)."""
+    domain_presets = PRESETS.get(domain, {})
+    if name not in domain_presets:
+        raise KeyError(f"unknown preset {name!r} for domain {domain!r}; choose one of: {', '.join(sorted(domain_presets))}")
+    return domain_presets[name]

@@ -1,0 +1,174 @@
+"""Ex-post samplers: densities fitted to the training codes after training (REFERENCE §1).
+
+An RAE has no prior; it generates by fitting a density q(z) to the codes of the training set
+and decoding draws from it. Every sampler works with any model. Samplers hold their fitted
+state as plain tensors/floats so a checkpoint stays loadable with ``weights_only=True``, and
+they draw with torch, so every call gives fresh draws unless a generator is passed.
+
+Continuous samplers over codes [N, D]:
+- ``prior``: N(0, I) (the VAE's prior; for an RAE it shows what the lack of a prior costs).
+- ``gaussian``: one full-covariance Gaussian fitted by maximum likelihood.
+- ``gmm``: a k-component full-covariance Gaussian mixture (sklearn GaussianMixture, paper
+  defaults k=10, max_iter 2000, tol 1e-3); draws are i.i.d., not grouped by component.
+Discrete samplers (per-variable categoricals, mixtures, autoregressive) are in
+samplers_discrete.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .registry import SAMPLERS
+
+log = logging.getLogger(__name__)
+
+
+class Sampler:
+    """Base class: ``fit(codes)``, ``sample(n)``, ``state_dict()`` / ``load_state_dict()``."""
+
+    name = "base"
+    discrete = False  # True for samplers over one-hot categorical codes
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.options = kwargs
+        self.dim: int | None = None
+
+    def fit(self, codes: Tensor, seed: int = 0) -> "Sampler":
+        """Fit to codes [N, D] (float). Returns self."""
+        self.dim = int(codes.shape[1])
+        return self
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n codes, [n, D] float32 on the CPU."""
+        raise NotImplementedError
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        """Log density (or mass) of codes [N, D] -> [N], where defined."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "dim": self.dim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "Sampler":
+        self.dim = state["dim"]
+        return self
+
+
+def sampler_from_state(state: dict[str, Any]) -> Sampler:
+    """Rebuild a fitted sampler from :meth:`Sampler.state_dict` output."""
+    return SAMPLERS.get(state["name"])(**state.get("options", {})).load_state_dict(state)
+
+
+def build_sampler(name: str, **options: Any) -> Sampler:
+    return SAMPLERS.get(name)(**options)
+
+
+@SAMPLERS.register("prior")
+class PriorSampler(Sampler):
+    """N(0, I) in the code space; fit only records the dimension."""
+
+    name = "prior"
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.dim, generator=generator)
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        return -0.5 * (codes.pow(2).sum(-1) + codes.shape[1] * math.log(2 * math.pi))
+
+
+def _mvn_sample(n: int, mean: Tensor, chol: Tensor, generator: torch.Generator | None) -> Tensor:
+    eps = torch.randn(n, mean.shape[-1], generator=generator, dtype=mean.dtype)
+    return mean + eps @ chol.T
+
+
+@SAMPLERS.register("gaussian")
+class GaussianSampler(Sampler):
+    """One full-covariance Gaussian, ML fit with a small ridge for stability."""
+
+    name = "gaussian"
+
+    def __init__(self, ridge: float = 1e-6) -> None:
+        super().__init__(ridge=ridge)
+        self.ridge = ridge
+        self.mean: Tensor | None = None
+        self.chol: Tensor | None = None
+
+    def fit(self, codes: Tensor, seed: int = 0) -> "GaussianSampler":
+        super().fit(codes)
+        x = codes.double()
+        self.mean = x.mean(0)
+        cov = torch.cov(x.T).reshape(self.dim, self.dim) + self.ridge * torch.eye(self.dim, dtype=x.dtype)
+        self.chol = torch.linalg.cholesky(cov)
+        return self
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return _mvn_sample(n, self.mean, self.chol, generator).float()
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        dist = torch.distributions.MultivariateNormal(self.mean, scale_tril=self.chol)
+        return dist.log_prob(codes.double()).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mean": self.mean, "chol": self.chol}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "GaussianSampler":
+        super().load_state_dict(state)
+        self.mean, self.chol = state["mean"], state["chol"]
+        return self
+
+
+@SAMPLERS.register("gmm")
+class GMMSampler(Sampler):
+    """k-component full-covariance Gaussian mixture fitted with sklearn's EM."""
+
+    name = "gmm"
+
+    def __init__(self, k: int = 10, max_iter: int = 2000, tol: float = 1e-3, reg_covar: float = 1e-6) -> None:
+        super().__init__(k=k, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+        self.k, self.max_iter, self.tol, self.reg_covar = k, max_iter, tol, reg_covar
+        self.weights: Tensor | None = None
+        self.means: Tensor | None = None
+        self.chols: Tensor | None = None
+
+    def fit(self, codes: Tensor, seed: int = 0) -> "GMMSampler":
+        from sklearn.mixture import GaussianMixture
+
+        super().fit(codes)
+        k = min(self.k, len(codes))  # a tiny data set cannot support k components
+        gmm = GaussianMixture(k, covariance_type="full", max_iter=self.max_iter, tol=self.tol,
+                              reg_covar=self.reg_covar, random_state=seed)
+        gmm.fit(codes.double().numpy())
+        if not gmm.converged_:
+            log.warning("GMM did not converge in %d iterations", self.max_iter)
+        self.weights = torch.from_numpy(gmm.weights_.copy())
+        self.means = torch.from_numpy(gmm.means_.copy())
+        self.chols = torch.linalg.cholesky(torch.from_numpy(gmm.covariances_.copy()))
+        return self
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        # Draw the component of each sample independently: the result is i.i.d. and in
+        # random order (sklearn's own sample() returns draws grouped by component).
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
+        out = self.means[comp] + torch.einsum("nij,nj->ni", self.chols[comp], eps)
+        return out.float()
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        mix = torch.distributions.Categorical(probs=self.weights)
+        comps = torch.distributions.MultivariateNormal(self.means, scale_tril=self.chols)
+        dist = torch.distributions.MixtureSameFamily(mix, comps)
+        return dist.log_prob(codes.double()).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weights": self.weights, "means": self.means, "chols": self.chols}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "GMMSampler":
+        super().load_state_dict(state)
+        self.weights, self.means, self.chols = state["weights"], state["means"], state["chols"]
+        return self
+

@@ -1,0 +1,257 @@
+"""A generic trainer: it knows ``model.loss(x, step)`` and ``model.configure_optimizer(lr)``,
+nothing about any model.
+
+Features: AdamW from the model, ReduceLROnPlateau on the validation loss, gradient clipping,
+bf16 autocast on CUDA, early stopping (best weights restored), a wall-clock budget, tqdm with
+the loss terms, ``metrics.jsonl`` (one line per epoch), an atomic checkpoint every epoch, exact
+resume (optimizer, scheduler, RNG states, epoch, step), a non-finite loss guard, and DDP when
+``torch.distributed`` is initialised (rank 0 writes; batches are sharded by rank).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import save_atomic
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is left intact."""
+
+
+@dataclass
+class DistInfo:
+    """Rank and world size; world_size 1 means no DDP."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class _LossModule(nn.Module):
+    """Wraps ``model.loss`` as ``forward`` so DDP's gradient hooks see the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, step: int) -> dict[str, Tensor]:
+        return self.model.loss(x, step)
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as plain data (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits ``model`` on tensors of examples (token ids [N, L] or images [N, C, H, W])."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, run_dir: Path | None, device: torch.device,
+                 amp_dtype: torch.dtype | None = None, checkpoint_extra: Callable[[], dict] | None = None,
+                 dist: DistInfo | None = None, progress: bool = True) -> None:
+        self.model, self.cfg, self.run_dir, self.device = model.to(device), cfg, run_dir, device
+        self.amp_dtype = amp_dtype
+        self.checkpoint_extra = checkpoint_extra or dict
+        self.dist = dist or DistInfo()
+        self.progress = progress and self.dist.is_main
+        self.optimizer = model.configure_optimizer(cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.state = TrainState()
+        self._best_weights: dict[str, Tensor] | None = None
+        self.step_fn = _LossModule(model)
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_fn = DistributedDataParallel(self.step_fn, device_ids=ids)
+        if cfg.compile:
+            self.step_fn = torch.compile(self.step_fn)
+
+    # --- checkpointing ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": s.epoch, "step": s.step, "best_val": s.best_val, "bad_epochs": s.bad_epochs,
+                "seconds": s.seconds, "stopped": s.stopped, "history": s.history, "rng": rng_state(),
+                "best_weights": self._best_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(state["epoch"], state["step"], state["best_val"], state["bad_epochs"],
+                                state["seconds"], state["stopped"], list(state["history"]))
+        self._best_weights = state["best_weights"]
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None or not self.dist.is_main:
+            return
+        payload = {**self.checkpoint_extra(), "model_state": self.model.state_dict(), "trainer": self.state_dict()}
+        save_atomic(payload, self.checkpoint_path)
+
+    # --- loop ----------------------------------------------------------------------------------
+    def _batches(self, n: int, epoch: int, shuffle: bool) -> list[Tensor]:
+        """Index batches; the order depends only on (seed, epoch), so resume is exact."""
+        if shuffle:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        order = order[self.dist.rank::self.dist.world_size]  # DDP shard (identity for one process)
+        return list(order.split(self.cfg.batch_size))
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def _autocast(self) -> Any:
+        enabled = self.amp_dtype is not None and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled)
+
+    def _train_epoch(self, data: Tensor, deadline: float) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, float] = {}
+        batches = self._batches(len(data), self.state.epoch, shuffle=True)
+        bar = tqdm(batches, desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.progress, mininterval=1.0, dynamic_ncols=True)
+        seen = 0
+        for idx in bar:
+            extra = self.model.on_step(self.state.step)
+            with self._autocast():
+                terms = self.step_fn(self._to_device(data[idx]), self.state.step)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                shown = {k: float(v) for k, v in terms.items()}
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.state.step} (epoch {self.state.epoch + 1}): {shown}; "
+                    f"the last good checkpoint is {self.checkpoint_path}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.state.step += 1
+            seen += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()} | extra, refresh=False)
+            if time.monotonic() > deadline:
+                self.state.stopped = "time budget"
+                break
+        return {k: v / max(seen, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self, data: Tensor) -> dict[str, float]:
+        """Mean loss terms over ``data`` in eval mode (no noise, no gradient penalty)."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        for idx in self._batches(len(data), 0, shuffle=False):
+            x = self._to_device(data[idx])
+            with self._autocast():
+                terms = self.model.loss(x, self.state.step)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        if self.dist.world_size > 1:
+            import torch.distributed as tdist
+
+            packed = torch.tensor([n] + [sums[k] for k in sorted(sums)], dtype=torch.float64, device=self.device)
+            tdist.all_reduce(packed)
+            n, sums = int(packed[0]), dict(zip(sorted(sums), packed[1:].tolist()))
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def fit(self, train: Tensor, val: Tensor) -> TrainState:
+        """Train until epochs, early stopping or the time budget; restores the best weights."""
+        cfg, s = self.cfg, self.state
+        start = time.monotonic() - s.seconds
+        deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        while s.epoch < cfg.epochs and not s.stopped:
+            train_terms = self._train_epoch(train, deadline)
+            val_terms = self.evaluate(val)
+            self.scheduler.step(val_terms["loss"])
+            s.epoch += 1
+            s.seconds = time.monotonic() - start
+            self._track_best(val_terms["loss"])
+            record = {"epoch": s.epoch, "step": s.step, "seconds": round(s.seconds, 2),
+                      "lr": self.optimizer.param_groups[0]["lr"], "train": train_terms, "val": val_terms}
+            s.history.append(record)
+            self._log_epoch(record)
+            if s.bad_epochs >= cfg.early_stop > 0:
+                s.stopped = f"early stopping (no validation improvement in {cfg.early_stop} epochs)"
+            self.save_checkpoint()
+        if s.stopped:
+            log.info("stopped: %s", s.stopped)
+        if self._best_weights is not None:
+            self.model.load_state_dict(self._best_weights)
+        return s
+
+    def _track_best(self, val_loss: float) -> None:
+        if val_loss < self.state.best_val - 1e-6:
+            self.state.best_val, self.state.bad_epochs = val_loss, 0
+            self._best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        else:
+            self.state.bad_epochs += 1
+
+    def _log_epoch(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        tr, va = record["train"], record["val"]
+        log.info("epoch %d  step %d  %.0fs  train loss %.4f (rec %.4f)  val loss %.4f (rec %.4f)  lr %.2g",
+                 record["epoch"], record["step"], record["seconds"], tr.get("loss", float("nan")),
+                 tr.get("rec", float("nan")), va["loss"], va["rec"], record["lr"])
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny prepared data sets per (domain, codec), built once per session."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
+from discrete_rae.presets import get_preset
+from discrete_rae.registry import DOMAINS, MODELS, load_all
+
+load_all()
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_dir() -> Path | None:
+    """../shared beside the checkout (test data); None when absent."""
+    env = os.environ.get("DISCRETE_RAE_SHARED")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return path if path.is_dir() else None
+
+
+def smoke_run(domain: str, model_name: str, **sections: dict) -> RunConfig:
+    """The smoke-preset RunConfig of ``model_name`` on ``domain`` with optional overrides."""
+    spec = MODELS.get(model_name)
+    preset = get_preset(domain, "smoke")
+    cfgs = {"model": spec.config_for(domain), "train": TrainConfig(), "data": DataConfig(), "eval": EvalConfig()}
+    for name in cfgs:
+        cfgs[name] = replace(replace(cfgs[name], preset.get(name, {})), sections.get(name, {}))
+    return RunConfig(domain=domain, model_name=model_name, preset="smoke", **cfgs)
+
+
+_PREPARED: dict = {}
+
+
+@pytest.fixture(scope="session")
+def prepared_for(tmp_path_factory):
+    """prepared_for(domain, model_name) -> Prepared, cached per (domain, codec kind)."""
+    data_dir = tmp_path_factory.mktemp("data")
+
+    def get(domain: str, model_name: str):
+        run = smoke_run(domain, model_name, data={"data_dir": str(data_dir)})
+        key = (domain, getattr(run.model, "codec", "pixels"))
+        if key not in _PREPARED:
+            _PREPARED[key] = DOMAINS.get(domain).prepare(run, progress=False)
+        return run, _PREPARED[key]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs():
+    logging.getLogger("discrete_rae").setLevel(logging.WARNING)
+    yield
