@@ -98,7 +98,12 @@ class GrammarCodec(SequenceCodec):
         return masks[lhs[ids]]
 
     def new_state(self, batch_size: int, device: torch.device | None = None) -> Any:
-        return self.grammar.decoder_state(batch_size, device=device)
+        return self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length)
+
+    def decode_logits(self, logits: Tensor, greedy: bool = True, temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        result = self.grammar.decode_logits(logits, greedy, temperature, generator)
+        return result.ids, result.finished
 
     def to_text(self, ids: Tensor, finished: Tensor) -> list[str | None]:
         ids_np, fin = ids.cpu().numpy(), finished.cpu().numpy()

@@ -234,7 +234,7 @@ class DecodeState:
             state.push(rule)
         strings = grammar.unparse_many(state.ids, state.lengths)
 
-    Tensors: ``stack`` LongTensor ``[B, S]`` of non-terminal indices whose slot 0
+    Tensors: ``stack`` int16 tensor ``[B, S]`` of non-terminal indices whose slot 0
     permanently holds ``Nothing`` (so an empty stack shows ``Nothing`` on top);
     ``ptr`` LongTensor ``[B]``, position of the top element (0: empty); ``cut``
     BoolTensor ``[B]``, the sample was stopped because it could no longer finish
@@ -259,21 +259,18 @@ class DecodeState:
         self.batch_size = B
         t = grammar._decode_tensors(device)
         self._masks = t["masks"]
-        self._rhs = t["rhs"]  # [R, K] RHS non-terminals in push order (reversed), padded
+        self._rhs = t["rhs16"]  # [R, K] RHS non-terminals in push order (reversed), padded
         self._rhs_len = t["rhs_len"]  # [R]
         K = self._rhs.shape[1]
         # unfinished-but-alive samples keep ptr <= remaining steps <= max_length, and a
         # push writes K slots above the popped top: max_length + K + 1 slots suffice
-        self.stack = torch.full((B, self.max_length + K + 2), grammar._nothing_nt, dtype=torch.long, device=device)
+        self.stack = torch.full((B, self.max_length + K + 2), grammar._nothing_nt, dtype=torch.int16, device=device)
         self.stack[:, 1] = grammar._start_nt
         self.ptr = torch.ones(B, dtype=torch.long, device=device)
         self.cut = torch.zeros(B, dtype=torch.bool, device=device)
         self._ids = torch.full((B, self.max_length), grammar.pad_index, dtype=torch.long, device=device)
         self._offsets = torch.arange(1, K + 1, device=device).unsqueeze(0)  # [1, K]
         self.t = 0
-        if grammar._min_len_start > self.max_length:
-            self.cut[:] = True
-            self.ptr[:] = 0
 
     @property
     def done(self) -> torch.Tensor:
@@ -307,7 +304,7 @@ class DecodeState:
 
     def top(self) -> torch.Tensor:
         """LongTensor ``[B]``: non-terminal on top of each stack (``Nothing`` when done or cut)."""
-        return self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1)
+        return self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
 
     def allowed(self) -> torch.Tensor:
         """BoolTensor ``[B, R]``: rules allowed at this step (only the pad rule when done or cut)."""
@@ -442,6 +439,8 @@ class Grammar:
             if p.lhs().symbol() not in nts:
                 nts.append(p.lhs().symbol())
         self.nonterminals = nts
+        if len(nts) > 32767:
+            raise GrammarError(f"grammar {self.name}: more than 32767 non-terminals")
         self._nt_index = {s: i for i, s in enumerate(nts)}
         terms: list[str] = []
         seen: set[str] = set()
@@ -1275,9 +1274,6 @@ class Grammar:
             ptr = torch.ones(B, dtype=torch.long, device=dev)
             cut_rows = torch.zeros(B, dtype=torch.bool, device=dev)
             cut = torch.zeros(B, dtype=torch.bool, device=dev)
-            if self._min_len_start > L:
-                cut[:] = True
-                ptr[:] = 0
             ids_tm = torch.full((L, B), self.pad_index, dtype=torch.long, device=dev)  # time-major
             offsets = torch.arange(1, K + 1, device=dev).unsqueeze(0)
             row_base = rows * (L * R)  # flat offset of each row's logits

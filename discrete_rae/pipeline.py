@@ -98,8 +98,13 @@ def run_config_from_checkpoint(ckpt: dict[str, Any]) -> RunConfig:
 
 
 def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
-              resume: bool = False, dist: DistInfo | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, fit the ex-post samplers, evaluate; returns the final metrics."""
+              resume: bool = False, dist: DistInfo | None = None, progress: bool = True,
+              evaluate: bool = True) -> dict[str, Any]:
+    """Train, fit the ex-post samplers, evaluate; returns the final metrics.
+
+    ``evaluate=False`` skips the domain's evaluation (callers that evaluate themselves, e.g.
+    ``compare``); metrics.json then holds the training figures only.
+    """
     load_all()
     dist = dist or DistInfo()
     torch.manual_seed(run.train.seed)
@@ -139,8 +144,9 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     payload = {**checkpoint_payload(run, prepared.codec, meta, samplers), "model_state": model.state_dict(),
                "trainer": trainer.state_dict()}
     save_atomic(payload, run_dir / "checkpoint.pt")
-    metrics = evaluate_loaded(LoadedRun(run, model, samplers, payload, run_dir), prepared, device,
-                              sampler_name=default_sampler(run), progress=progress)
+    metrics = (evaluate_loaded(LoadedRun(run, model, samplers, payload, run_dir), prepared, device,
+                               sampler_name=default_sampler(run), progress=progress) if evaluate else
+               {"model": run.model_name, "domain": run.domain, "dataset": run.data.dataset})
     metrics.update({"train_seconds": round(train_seconds, 1), "prepare_seconds": round(prep_seconds, 1),
                     "epochs": state.epoch, "steps": state.step, "stopped": state.stopped or "epochs done",
                     "best_val_loss": state.best_val})

@@ -173,7 +173,7 @@ class Trainer:
                 terms = self.step_fn(self._to_device(data[idx]), self.state.step)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                shown = {k: float(v) for k, v in terms.items()}
+                shown = {k: float(v.detach()) for k, v in terms.items()}
                 raise NonFiniteLossError(
                     f"non-finite loss at step {self.state.step} (epoch {self.state.epoch + 1}): {shown}; "
                     f"the last good checkpoint is {self.checkpoint_path}")
@@ -185,7 +185,7 @@ class Trainer:
             self.state.step += 1
             seen += 1
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()} | extra, refresh=False)
             if time.monotonic() > deadline:
                 self.state.stopped = "time budget"

@@ -491,38 +491,52 @@ def _read_records(path: Path, label: str, column: str | int | None, report: Load
             text.seek(0)
         if is_csv:
             csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-            reader: Iterator[tuple[int, list[str]]] = _csv_rows(text, delimiter or ",")
+            reader = csv.reader(text, delimiter=delimiter or ",")
+            rows: Iterator[tuple[int, list[str]]] = ((reader.line_num, row) for row in reader)
         else:
-            reader = _text_rows(text)
-        col = 0
+            rows = enumerate(text, 1)  # type: ignore[assignment]  # (lineno, raw line)
         header: list[str] | None = None
-        first_row = True
-        for lineno, fields in reader:
-            if not fields or all(not f.strip() for f in fields):
+        col, desc = 0, ""
+        # first non-blank record: header detection and column choice
+        for lineno, row in rows:
+            fields = row if is_csv else row.split()
+            if not fields or not any(f.strip() for f in fields):
                 report.blank += 1
                 continue
-            if first_row:
-                first_row = False
-                if _looks_like_header(fields, is_csv):
-                    header = [f.strip() for f in fields]
-                    col, desc = _pick_column(header, column, label)
-                    report.notes.append(f"header row {header[:8]}; SMILES from {desc}")
-                    continue
+            if _looks_like_header(fields, is_csv):
+                header = [f.strip() for f in fields]
+                col, desc = _pick_column(header, column, label)
+                report.notes.append(f"header row {header[:8]}; SMILES from {desc}")
+            else:
                 col, desc = _pick_column(None, column, label)
+                if col >= len(fields):
+                    raise DataError(
+                        f"{label}: column index {col} out of range (the first record, line {lineno}, "
+                        f"has {len(fields)} field{'s' if len(fields) != 1 else ''})"
+                    )
                 report.notes.append(f"no header row; SMILES from {desc}")
-            report.records += 1
-            if col >= len(fields):
-                report.reject("missing_column", f"line {lineno}", " ".join(fields))
+                _take(fields, col, lineno, report, texts, lines)
+            break
+        # the rest, in a tight loop
+        records = report.records
+        blank = report.blank
+        append, line_append = texts.append, lines.append
+        maxsplit = col + 1
+        for lineno, row in rows:
+            fields = row if is_csv else row.split(None, maxsplit)
+            if not fields or not any(fields):
+                blank += 1
                 continue
-            smi = fields[col].strip()
-            if len(smi) > MAX_LINE_CHARS:
-                report.reject("too_long", f"line {lineno}", smi)
-                continue
-            if not smi:
-                report.reject("empty_field", f"line {lineno}", " ".join(fields))
-                continue
-            texts.append(smi)
-            lines.append(lineno)
+            records += 1
+            if col < len(fields):
+                smi = fields[col].strip() if is_csv else fields[col]
+                if smi and len(smi) <= MAX_LINE_CHARS:
+                    append(smi)
+                    line_append(lineno)
+                    continue
+            _reject_field(fields, col, lineno, report)
+        report.records = records
+        report.blank = blank
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{label}: cannot read the file ({exc})") from None
     except csv.Error as exc:
@@ -536,17 +550,29 @@ def _read_records(path: Path, label: str, column: str | int | None, report: Load
     return _Records(texts, lines, desc)
 
 
-def _text_rows(fh: io.TextIOBase) -> Iterator[tuple[int, list[str]]]:
-    for lineno, line in enumerate(fh, 1):
-        yield lineno, line.split()
+def _take(fields: list[str], col: int, lineno: int, report: LoadReport, texts: list[str], lines: array) -> None:
+    """Count one record; keep its SMILES field or reject it."""
+    report.records += 1
+    if col < len(fields):
+        smi = fields[col].strip()
+        if smi and len(smi) <= MAX_LINE_CHARS:
+            texts.append(smi)
+            lines.append(lineno)
+            return
+    _reject_field(fields, col, lineno, report)
 
 
-def _csv_rows(fh: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(fh, delimiter=delimiter)
-    start = 1
-    for row in reader:
-        yield start, row
-        start = reader.line_num + 1
+def _reject_field(fields: list[str], col: int, lineno: int, report: LoadReport) -> None:
+    """Record why the SMILES field of a record is unusable."""
+    where = f"line {lineno}"
+    if col >= len(fields):
+        report.reject("missing_column", where, " ".join(fields))
+        return
+    smi = fields[col].strip()
+    if not smi:
+        report.reject("empty_field", where, " ".join(fields))
+    else:
+        report.reject("too_long", where, smi)
 
 
 # --------------------------------------------------------------------------------------
@@ -624,6 +650,8 @@ def _process(
                     elif smi in seen:
                         report.duplicates += 1
                     else:
+                        if smi == texts[i]:
+                            smi = texts[i]  # share the input's string object (saves memory)
                         seen.add(smi)
                         kept.append(smi)
                         if target is not None:
@@ -727,7 +755,9 @@ def load_molecules(
         report.notes.append("not canonicalised (canonicalize=False): strings as in the file")
     if not kept:
         examples = "; ".join(f"{r}: {ex[0]}" for r, ex in report.examples.items() if ex)
-        raise DataError(f"{label}: no line is a valid molecule ({report.counts_line()}; e.g. {examples})")
+        col_note = next((n.split("SMILES from ", 1)[1] for n in report.notes if "SMILES from " in n), None)
+        where = f"; SMILES read from {col_note}, choose another column with column= / --column" if col_note else ""
+        raise DataError(f"{label}: no line is a valid molecule ({report.counts_line()}; e.g. {examples}{where})")
     if n is not None and len(kept) < n:
         logger.warning("%s: only %d distinct valid molecules, fewer than the %d requested", label, len(kept), n)
     if report.n_rejected:

@@ -118,7 +118,7 @@ class SequenceDomain(Domain):
         ids = torch.from_numpy(np.ascontiguousarray(enc.ids[keep, : codec.max_length]))
         kept = [t for t, k in zip(enc.texts, keep) if k]
         tr, va, te = split_indices(len(kept), run.data.n_test, run.train.val_fraction, run.train.seed)
-        failures = Counter(reason.split(" at ")[0] for _, _, reason in enc.failures)
+        failures = Counter(reason.split(": ", 1)[-1].split(" at ")[0] for _, _, reason in enc.failures)
         info = {**report, "encoded": len(enc.texts), "encode_failures": dict(failures),
                 "too_long": int((~keep).sum()), "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                 "max_length": codec.max_length, "mean_length": float(lengths.mean()),

@@ -46,7 +46,9 @@ import torch
 from torch import Tensor
 
 from ..codecs import CODECS
-from ..config import ConfigError, EvalConfig, RunConfig
+from ..config import EvalConfig, RunConfig
+from ..data.errors import DataError
+from ..data.molecules import default_data_dir
 from ..metrics.images import FeatureExtractor, frechet, load_or_train_feature_net, precision_recall
 from ..nn.images import as_float_images
 from ..presets import PRESETS
@@ -56,13 +58,7 @@ from .base import Domain, Prepared, split_indices
 
 log = logging.getLogger(__name__)
 
-try:  # the data package's error type, so the CLI reports it as a user error
-    from ..data.errors import DataError as _DataErrorBase
-except ImportError:  # not there yet: ConfigError is also reported as a one-line user error
-    _DataErrorBase = ConfigError
-
-
-class ImageDataError(_DataErrorBase):
+class ImageDataError(DataError):
     """An image data set cannot be loaded (unknown name, no torchvision, no download)."""
 
 
@@ -184,13 +180,7 @@ LOADERS: dict[str, Callable[[Path], ImageData]] = {
 
 def data_dir_of(run_data_dir: str) -> Path:
     """``--data-dir`` or the toolkit's default data directory."""
-    if run_data_dir:
-        return Path(run_data_dir)
-    try:
-        from ..data.molecules import default_data_dir
-    except ImportError:  # the data package's default has not landed: a per-user cache
-        return Path.home() / ".cache" / "discrete_rae"
-    return Path(default_data_dir())
+    return Path(run_data_dir) if run_data_dir else default_data_dir()
 
 
 def load_images(dataset: str, data_dir: Path) -> ImageData:
@@ -224,7 +214,7 @@ def save_panels(panels: list[tuple[str, np.ndarray]], path: Path, title: str = "
     """Save image grids side by side as one PNG (matplotlib's object API: no global state)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.2 * len(panels), 3.6))
+    fig = Figure(figsize=(max(3.2 * len(panels), 4.5), 3.6 if len(panels) > 1 else 4.8))
     for i, (name, grid) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
@@ -422,3 +412,5 @@ PRESETS["images"] = {
         "eval": {"n_samples": 10000},
     },
 }
+
+from .. import image_table  # noqa: E402,F401  (registers the `image-table` command with the CLI)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_atomic
 from ..nn.images import ConvImageEncoder, as_float_images
+from .frechet import frechet_distance, gaussian_stats
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +44,10 @@ PR_K = 3
 
 
 # --- Fréchet distance ------------------------------------------------------------------------
-def gaussian_stats_np(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [F] and unbiased covariance [F, F] (float64) of features [N, F]."""
-    x = np.asarray(features, dtype=np.float64)
-    return x.mean(0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
-
-
-def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^{1/2}).
-
-    tr((s1 s2)^{1/2}) = sum of sqrt of the eigenvalues of s1^{1/2} s2 s1^{1/2}, a symmetric PSD
-    matrix, so a symmetric eigendecomposition suffices (no complex sqrtm, no rank trouble).
-    """
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.linalg.eigvalsh(root1 @ s2 @ root1)
-    tr_root = np.sqrt(np.clip(cross, 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_root)
-
-
-def _shared_frechet() -> tuple[Callable, Callable] | None:
-    """The toolkit's shared helpers (metrics/frechet.py) when that module is present."""
-    try:
-        from .frechet import frechet_distance, gaussian_stats
-    except ImportError:
-        return None
-    return frechet_distance, gaussian_stats
-
-
 def frechet(real: Tensor | np.ndarray, fake: Tensor | np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits of two feature sets [N, F] and [M, F]."""
-    real_np = np.asarray(real, dtype=np.float64)
-    fake_np = np.asarray(fake, dtype=np.float64)
-    shared = _shared_frechet()
-    if shared is not None:
-        distance, stats = shared
-        return float(distance(*stats(real_np), *stats(fake_np)))
-    return frechet_from_stats(*gaussian_stats_np(real_np), *gaussian_stats_np(fake_np))
+    """Fréchet distance between Gaussian fits of two feature sets [N, F] and [M, F] (metrics/frechet.py)."""
+    return frechet_distance(*gaussian_stats(np.asarray(real, dtype=np.float64)),
+                            *gaussian_stats(np.asarray(fake, dtype=np.float64)))
 
 
 # --- precision / recall ------------------------------------------------------------------------
