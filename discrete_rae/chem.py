@@ -59,13 +59,17 @@ ZINC250K_STATS: dict[str, tuple[float, float]] = {
 
 # --- parsing ------------------------------------------------------------------------------------
 def mol_from_smiles(smiles: str | None) -> Chem.Mol | None:
-    """Parse and sanitize ``smiles``; ``None`` for anything RDKit rejects (or non-strings/empty)."""
+    """Parse and sanitize ``smiles``; ``None`` for anything RDKit rejects, non-strings, blank strings
+    and SMILES without atoms (such as ``"."``)."""
     if not isinstance(smiles, str) or not smiles.strip():
         return None
     try:
-        return Chem.MolFromSmiles(smiles)  # sanitizes by default; returns None on failure
+        mol = Chem.MolFromSmiles(smiles)  # sanitizes by default; returns None on failure
     except Exception:  # noqa: BLE001 - RDKit can raise on pathological input
         return None
+    if mol is None or mol.GetNumAtoms() == 0:  # e.g. "." parses to an empty molecule
+        return None
+    return mol
 
 
 def canonical(smiles: str | None) -> str | None:

@@ -51,19 +51,28 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
+    """Console at WARNING (-q), INFO or DEBUG (-v); ``log_file`` gets INFO or more in any case.
+
+    Replaces the root handlers of an earlier call (closing its log file), so it can be called again.
+    """
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     root = logging.getLogger()
-    root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
     console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root.addHandler(console)
+    root.setLevel(level)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
+        fh.setLevel(min(level, logging.INFO))
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
+        root.setLevel(min(level, logging.INFO))
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -192,17 +201,24 @@ def _unique_run_dir(runs_dir: Path, base: str) -> Path:
     return path
 
 
-def run_dir_for(args: argparse.Namespace, run: RunConfig) -> Path:
-    runs_dir = Path(args.runs_dir)
+def check_train_flags(args: argparse.Namespace) -> None:
+    """Contradictory train flags, caught before anything is read or written."""
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
+    if args.resume and not args.run_name:
+        raise UsageError("--resume needs --run-name NAME (the run to continue)")
+    if args.resume and not (Path(args.runs_dir) / args.run_name / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume: {Path(args.runs_dir) / args.run_name}/checkpoint.pt does not exist; "
+                         "nothing to resume")
+
+
+def run_dir_for(args: argparse.Namespace, run: RunConfig) -> Path:
+    """The run directory: the existing one for --resume, else a new one created here (claimed
+    atomically, so two runs never share it; an existing one is replaced only with --overwrite)."""
+    check_train_flags(args)
+    runs_dir = Path(args.runs_dir)
     if args.resume:
-        if not args.run_name:
-            raise UsageError("--resume needs --run-name NAME (the run to continue)")
-        path = runs_dir / args.run_name
-        if not (path / "checkpoint.pt").is_file():
-            raise UsageError(f"--resume: {path}/checkpoint.pt does not exist")
-        return path
+        return runs_dir / args.run_name
     if args.run_name:
         path = runs_dir / args.run_name
         if path.exists() and not args.overwrite:
@@ -212,8 +228,19 @@ def run_dir_for(args: argparse.Namespace, run: RunConfig) -> Path:
             import shutil
 
             shutil.rmtree(path)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise UsageError(f"run directory {path} was just created by another process; "
+                             "use another --run-name") from None
         return path
-    return _unique_run_dir(runs_dir, f"{run.model_name}-{run.domain}")
+    while True:
+        path = _unique_run_dir(runs_dir, f"{run.model_name}-{run.domain}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:  # another run took the name meanwhile: try the next one
+            continue
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -226,31 +253,81 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
+    """``train``: resolve the config, set up the (distributed) run and train.
+
+    Under torchrun only rank 0 resolves the run directory (and creates it); it broadcasts the
+    result, or the fact that it failed, so the other ranks neither race for the directory nor
+    hang. See discrete_rae.distributed for what each rank does.
+    """
     peek = _peek(argv)
     args = train_parser(peek.model or default_model(peek.domain), peek.domain).parse_args(list(argv))
-    if args.resume and args.run_name:
-        run = _resume_config(Path(args.runs_dir) / args.run_name, args)
-    else:
-        run = resolve_run_config(args)
-    run_dir = run_dir_for(args, run)
-    setup_logging(-1 if args.quiet else args.verbose, run_dir / "train.log")
+    check_train_flags(args)
     device = choose_device(args.device)
     amp = choose_precision(args.precision, device)
     from .distributed import setup_distributed
 
     dist = setup_distributed(device)
-    if dist.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    log.info("run %s: %s on %s (%s preset), device %s%s", run_dir, run.model_name, run.domain, run.preset,
-             device, " bf16" if amp else "")
+    try:
+        if dist.world_size > 1 and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        resolved = _resolve_on_main(args, dist)
+        if resolved is None:  # rank 0 failed and reported it
+            return EXIT_USAGE
+        run, run_dir = resolved
+        return _train_in(run, run_dir, args, dist, device, amp)
+    finally:
+        dist.close()
+
+
+def _resolve_on_main(args: argparse.Namespace, dist: Any) -> tuple[RunConfig, Path] | None:
+    """Rank 0 resolves (config, run directory); every rank gets the answer, None if it failed."""
+    result: tuple[RunConfig, Path] | None = None
+    failed: BaseException | None = None
+    if dist.is_main:
+        try:
+            run = _resume_config(Path(args.runs_dir) / args.run_name, args) if args.resume else resolve_run_config(args)
+            result = (run, run_dir_for(args, run))
+        except Exception as err:  # noqa: BLE001 - re-raised below once the other ranks know
+            failed = err
+    result = dist.broadcast_object(result)
+    if failed is not None:
+        raise failed
+    return result
+
+
+def _train_in(run: RunConfig, run_dir: Path, args: argparse.Namespace, dist: Any, device: torch.device,
+              amp: torch.dtype | None) -> int:
+    """Train in ``run_dir``; a fresh run directory is removed again if a user error stops the run
+    before its first checkpoint (so that the same --run-name can be used after the fix)."""
     from .pipeline import train_run
 
-    metrics = train_run(run, run_dir, device, amp, resume=args.resume, dist=dist.info, progress=not args.quiet)
-    if dist.info.is_main:
+    if dist.is_main:
+        setup_logging(-1 if args.quiet else args.verbose, run_dir / "train.log")
+    else:
+        setup_logging(-1)
+    log.info("run %s: %s on %s (%s preset), device %s%s%s", run_dir, run.model_name, run.domain, run.preset,
+             device, " bf16" if amp else "", f", {dist.world_size} processes" if dist.world_size > 1 else "")
+    try:
+        metrics = train_run(run, run_dir, device, amp, resume=args.resume, dist=dist.info, progress=not args.quiet)
+    except user_errors():
+        if dist.is_main and not args.resume and not (run_dir / "checkpoint.pt").exists():
+            _close_log_files()
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if dist.is_main:
         print(format_metrics(metrics))
         print(f"run directory: {run_dir}  (samples.txt, samples.png, metrics.json, checkpoint.pt)")
-    dist.close()
     return 0
+
+
+def _close_log_files() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:

@@ -48,6 +48,7 @@ between the quotes in the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -57,7 +58,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import nltk
 import numpy as np
@@ -84,6 +85,8 @@ _EOF = None  # end-of-input token key in the LR action table
 _EMPTY: tuple = ()  # value of a shifted terminal on the LR value stack
 _MAX_STACKS = 64  # generalised LR: more live stacks than this -> chart parser
 _MAX_FORKS = 20_000  # generalised LR: more forks than this for one input -> chart parser
+_MAX_FORKS_PER_TOKEN = 256  # ... or more than this while reading one token
+_FIRST_TIER = 4  # greedy CPU decoding: candidates read for every row before the rest
 _INF = 10**12  # "no finite derivation" in minimal-length computations
 
 
@@ -300,7 +303,7 @@ class DecodeState:
     @property
     def lengths(self) -> torch.Tensor:
         """LongTensor ``[B]``: number of non-padding rules chosen so far."""
-        return (self.ids != self.grammar.pad_index).sum(dim=1)
+        return (self.ids != self.grammar.pad_index).count_nonzero(dim=1)
 
     def top(self) -> torch.Tensor:
         """LongTensor ``[B]``: non-terminal on top of each stack (``Nothing`` when done or cut)."""
@@ -531,8 +534,12 @@ class Grammar:
         return out
 
     @classmethod
-    def from_string(cls, text: str, max_length: int | None = None, name: str = "grammar", **kwargs: Any) -> "Grammar":
-        """Grammar from CFG text (nltk format with optional ``# key: value`` header lines)."""
+    def from_string(cls, text: str, max_length: int | None = None, name: str | None = None, **kwargs: Any) -> "Grammar":
+        """Grammar from CFG text (nltk format with optional ``# key: value`` header lines).
+
+        ``max_length`` and ``name`` override the header; ``joiner`` and
+        ``skip_whitespace`` may be given as keyword arguments too.
+        """
         return cls(text, max_length=max_length, name=name, **kwargs)
 
     @classmethod
@@ -862,6 +869,7 @@ class Grammar:
         forks = 0
         pos = 0
         for tok in itertools.chain(tokens, (_EOF,)):
+            forks_here = 0
             survivors: list[tuple[list[int], list]] = []
             work: list[tuple[list[int], list, Any]] = [(st, vs, None) for st, vs in stacks]
             while work:
@@ -872,8 +880,11 @@ class Grammar:
                         if a is None:
                             break
                         if a.__class__ is tuple:
+                            # bounded: hidden left recursion (A -> B A ..., B =>* empty)
+                            # would otherwise fork forever on one token
                             forks += len(a) - 1
-                            if forks > _MAX_FORKS:
+                            forks_here += len(a) - 1
+                            if forks > _MAX_FORKS or forks_here > _MAX_FORKS_PER_TOKEN:
                                 return "overflow"
                             for alt in a[1:]:
                                 work.append((st.copy(), vs.copy(), alt))
@@ -1223,7 +1234,6 @@ class Grammar:
                 "cand": cand.to(device),
                 "cand_valid": cand_valid.to(device),
                 "masks": self.masks.to(device),
-                "rhs": rhs[:, :K].to(device) if K else rhs[:, :0].to(device),
                 "rhs_len": rhs_len.to(device),
                 "rhs16": (rhs[:, :K] if K else rhs[:, :0]).to(torch.int16).to(device),
             }
@@ -1245,12 +1255,25 @@ class Grammar:
     ) -> DecodeResult:
         """Masked decoding of per-step logits from a non-autoregressive decoder.
 
+        Step ``t`` pops the top non-terminal of each sample's stack, picks among that
+        symbol's rules using ``logits[:, t]`` (greedy: first maximum, as :func:`select`;
+        else a categorical sample at ``temperature``) and pushes the rule's
+        right-hand-side non-terminals. Greedy results equal those of driving
+        :class:`DecodeState` with :func:`select` (sampling draws from the same
+        distribution, not the same random stream), but faster: only the logits of the
+        top symbol's rules are read,
+        and rows that are done or cut are dropped from the work every few steps. On CPU
+        the loop runs with one intra-op thread (see ``_cpu_single_thread``).
+
         Args:
-            logits: ``[B, L, R]``; ``L`` is the number of steps (usually ``max_length``).
+            logits: ``[B, L, R]`` (any float dtype); ``L`` is the number of steps
+                (usually ``max_length``).
             greedy, temperature, generator: see :func:`select`.
 
         Returns:
-            :class:`DecodeResult` with ``ids`` ``[B, L]``.
+            :class:`DecodeResult`: ``ids`` LongTensor ``[B, L]`` (pad rule after the end),
+            ``lengths`` ``[B]``, ``finished`` ``[B]`` (False: cut, see the module docstring;
+            ``unparse_many`` gives ``None`` for such rows).
         """
         if logits.dim() != 3 or logits.shape[2] != self.n_rules:
             raise ValueError(f"expected logits [B, L, {self.n_rules}], got {tuple(logits.shape)}")
@@ -1262,8 +1285,17 @@ class Grammar:
         cand, valid, cand_dup = tens["cand"], tens["cand_valid"], tens["cand_dup"]  # [n_nt, C]
         rhs, rhs_len = tens["rhs16"], tens["rhs_len"]  # [R, K] int16, [R]
         C, K = cand.shape[1], rhs.shape[1]
+        # Greedy on CPU reads the logits in two tiers: the first C1 candidates of every row,
+        # then the rest only for rows whose top non-terminal has more than C1 rules (the
+        # random reads into the logits dominate the cost; the second tier needs a host sync,
+        # so other devices read all C candidates at once).
+        C1 = min(C, _FIRST_TIER) if (greedy and dev.type == "cpu") else C
+        C2 = C - C1
+        cand1 = cand_dup[:, :C1].contiguous()
+        cand2 = cand_dup[:, C1:].contiguous()
+        has_more = valid.sum(dim=1) > C1  # [n_nt]: non-terminals with more than C1 rules
         fmax = torch.finfo(torch.float32).max
-        with torch.no_grad():
+        with torch.no_grad(), _cpu_single_thread(dev):
             flat = logits.detach().contiguous().view(-1)
             # Stacks as in DecodeState (slot 0 holds Nothing, ptr = position of the top),
             # but only for the rows still running: every few steps the finished and cut
@@ -1274,10 +1306,10 @@ class Grammar:
             ptr = torch.ones(B, dtype=torch.long, device=dev)
             cut_rows = torch.zeros(B, dtype=torch.bool, device=dev)
             cut = torch.zeros(B, dtype=torch.bool, device=dev)
-            ids_tm = torch.full((L, B), self.pad_index, dtype=torch.long, device=dev)  # time-major
+            ids = torch.full((B, L), self.pad_index, dtype=torch.long, device=dev)
             offsets = torch.arange(1, K + 1, device=dev).unsqueeze(0)
             row_base = rows * (L * R)  # flat offset of each row's logits
-            slot_base = rows * C
+            slot_base = rows * C1
             for t in range(L):
                 if t % 8 == 0:
                     keep = ptr > 0
@@ -1289,25 +1321,37 @@ class Grammar:
                         sel = keep.nonzero().squeeze(1)
                         rows, stack, ptr, cut_rows = rows[sel], stack[sel], ptr[sel], cut_rows[sel]
                         row_base = rows * (L * R)
-                        slot_base = torch.arange(rows.numel(), device=dev) * C
+                        slot_base = torch.arange(rows.numel(), device=dev) * C1
                 # Only the rules of the top non-terminal matter: read their logits
                 # ([n, C], C = most rules of one non-terminal) instead of masking all R.
                 top = stack.gather(1, ptr.unsqueeze(1)).squeeze(1).long()
+                base = (row_base + t * R).unsqueeze(1)  # [n, 1]
                 if greedy:
-                    idx = cand_dup.index_select(0, top)
-                    vals = flat.index_select(0, (idx + (row_base + t * R).unsqueeze(1)).view(-1)).view(-1, C)
+                    idx = cand1.index_select(0, top)
+                    vals = flat.index_select(0, (idx + base).view(-1)).view(-1, C1)
                     vals = vals.float().nan_to_num_(nan=float("-inf"), posinf=fmax)
                     # first maximum (padding slots repeat slot 0, so they never change the
                     # rule); max().indices is much faster than argmax() for short rows on CPU
-                    choice = vals.max(dim=1).indices
+                    best = vals.max(dim=1)
+                    rule = torch.take(idx, slot_base + best.indices)
+                    if C2:
+                        more = has_more.index_select(0, top).nonzero().squeeze(1)
+                        if more.numel():
+                            idx2 = cand2.index_select(0, top.index_select(0, more))
+                            vals2 = flat.index_select(0, (idx2 + base.index_select(0, more)).view(-1)).view(-1, C2)
+                            best2 = vals2.float().nan_to_num_(nan=float("-inf"), posinf=fmax).max(dim=1)
+                            # strictly greater: on ties the earlier (first-tier) rule wins
+                            better = best2.values > best.values.index_select(0, more)
+                            rule2 = torch.take(idx2, torch.arange(more.numel(), device=dev) * C2 + best2.indices)
+                            rule.index_copy_(0, more, torch.where(better, rule2, rule.index_select(0, more)))
                 else:
                     idx = cand.index_select(0, top)
-                    vals = flat.index_select(0, (idx + (row_base + t * R).unsqueeze(1)).view(-1)).view(-1, C)
+                    vals = flat.index_select(0, (idx + base).view(-1)).view(-1, C)
                     choice = select(
                         vals, valid.index_select(0, top), greedy=False, temperature=temperature, generator=generator
                     )
-                rule = torch.take(idx, slot_base + choice)
-                ids_tm[t].index_copy_(0, rows, rule)
+                    rule = torch.take(idx, slot_base + choice)
+                ids.select(1, t).index_copy_(0, rows, rule)
                 ptr = (ptr - 1).clamp_(min=0)
                 stack.scatter_(1, ptr.unsqueeze(1) + offsets, rhs.index_select(0, rule))
                 ptr += rhs_len.index_select(0, rule)
@@ -1316,8 +1360,7 @@ class Grammar:
                 cut_rows |= newly_cut
                 ptr.masked_fill_(newly_cut, 0)
             cut.index_copy_(0, rows, cut_rows | (ptr > 0))
-            ids = ids_tm.t().contiguous()
-            lengths = (ids != self.pad_index).sum(dim=1)
+            lengths = (ids != self.pad_index).count_nonzero(dim=1)
         return DecodeResult(ids=ids, lengths=lengths, finished=~cut)
 
     def lhs_masks(self, ids: torch.Tensor) -> torch.Tensor:
@@ -1332,6 +1375,30 @@ class Grammar:
         masks = self._decode_tensors(ids.device)["masks"]
         lhs = self.lhs.to(ids.device)
         return masks[lhs[ids.long()]]
+
+
+@contextlib.contextmanager
+def _cpu_single_thread(device: torch.device) -> Iterator[None]:
+    """Run torch CPU ops single-threaded inside the block (restored afterwards).
+
+    The decoding loop is hundreds of tiny, latency-bound ops; intra-op threads add
+    synchronisation to each and, when the cores are shared with other processes,
+    make the loop many times slower (measured: 0.6 s single-threaded vs 16 s with 2
+    threads on an oversubscribed 2-core machine). Note that ``torch.set_num_threads``
+    is process-wide.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _builtin_text(name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, codec_fingerprint, load_checkpoint, save_atomic
 from .codecs import codec_from_state
 from .config import ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, to_dict, to_toml
 from .registry import DOMAINS, MODELS, SAMPLERS, load_all
@@ -122,7 +122,7 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
              getattr(prepared.codec, "max_length", "-"))
     meta = {"versions": versions(), "data": prepared.info, "n_parameters": n_params,
             "grammar_hash": getattr(getattr(prepared.codec, "grammar", None), "hash", None),
-            "data_hash": prepared.info.get("data_hash")}
+            "data_hash": prepared.info.get("data_hash"), "codec_hash": codec_fingerprint(prepared.codec.state_dict())}
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(run.sections()))

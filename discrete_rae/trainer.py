@@ -5,7 +5,18 @@ Features: AdamW from the model, ReduceLROnPlateau on the validation loss, gradie
 bf16 autocast on CUDA, early stopping (best weights restored), a wall-clock budget, tqdm with
 the loss terms, ``metrics.jsonl`` (one line per epoch), an atomic checkpoint every epoch, exact
 resume (optimizer, scheduler, RNG states, epoch, step), a non-finite loss guard, and DDP when
-``torch.distributed`` is initialised (rank 0 writes; batches are sharded by rank).
+``torch.distributed`` is initialised.
+
+Crash safety: each epoch ends by writing the checkpoint atomically and only then appending the
+epoch's line to ``metrics.jsonl``; a resumed run rewrites ``metrics.jsonl`` from the history in
+the checkpoint, so a crash never loses or duplicates an epoch.
+
+DDP: every rank sees the same shuffled order, drops ``n % world_size`` examples of it (so all
+ranks take the same number of steps) and takes every ``world_size``-th example; the global batch
+is ``batch_size * world_size``. The model noise of rank ``r`` is reseeded from (seed, epoch, r)
+at every epoch (different noise per rank; resume stays exact). Per step, one all-reduce of two
+flags makes every rank stop together on a non-finite loss or an expired time budget. Epoch
+losses are averaged over ranks; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import save_atomic
+from .checkpoint import remove_stale_temporaries, save_atomic
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +82,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     np_state = state["numpy"]
@@ -80,6 +93,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class TrainState:
+    """Progress of a fit; saved in the checkpoint (``history`` = the metrics.jsonl records)."""
+
     epoch: int = 0
     step: int = 0
     best_val: float = math.inf
@@ -142,13 +157,23 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------------
     def _batches(self, n: int, epoch: int, shuffle: bool) -> list[Tensor]:
-        """Index batches; the order depends only on (seed, epoch), so resume is exact."""
+        """Training index batches of this rank; the order depends only on (seed, epoch), so resume
+        is exact. With DDP the last ``n % world_size`` examples of the order are dropped, so that
+        every rank takes the same number of steps (a rank with an extra step would hang in DDP)."""
         if shuffle:
             g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        order = order[self.dist.rank::self.dist.world_size]  # DDP shard (identity for one process)
+        world = self.dist.world_size
+        order = order[: n - n % world][self.dist.rank::world]  # DDP shard (identity for one process)
+        return list(order.split(self.cfg.batch_size))
+
+    def _eval_batches(self, n: int) -> list[Tensor]:
+        """Validation batches of this rank (every example once over all ranks; all when n < world)."""
+        order = torch.arange(n)
+        if n >= self.dist.world_size:
+            order = order[self.dist.rank::self.dist.world_size]
         return list(order.split(self.cfg.batch_size))
 
     def _to_device(self, x: Tensor) -> Tensor:
@@ -160,8 +185,53 @@ class Trainer:
         enabled = self.amp_dtype is not None and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=enabled)
 
+    def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """Sum (or max) ``values`` over the ranks; identity for one process."""
+        if self.dist.world_size == 1:
+            return values
+        import torch.distributed as tdist
+
+        packed = torch.tensor(values, dtype=torch.float64, device=self.device)
+        tdist.all_reduce(packed, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM)
+        return packed.tolist()
+
+    def _check_step(self, terms: dict[str, Tensor], deadline: float) -> bool:
+        """Raise on a non-finite loss on any rank; return True when the time budget is spent.
+
+        With DDP both decisions are taken together (one all-reduce), before the backward pass,
+        so that no rank is left waiting for a gradient all-reduce the others never start.
+        """
+        finite = bool(torch.isfinite(terms["loss"]))
+        bad, over = self._all_reduce([0.0 if finite else 1.0, float(time.monotonic() > deadline)], "max")
+        if bad > 0:
+            shown = {k: float(v.detach()) for k, v in terms.items()}
+            what = f"loss terms {shown}" if not finite else "the loss of another rank"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.step} (epoch {self.state.epoch + 1}): {what}; "
+                f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
+        return over > 0
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        """Backward, clip (a non-finite gradient norm stops training), step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if not torch.isfinite(norm):
+                raise NonFiniteLossError(
+                    f"non-finite gradient norm at step {self.state.step} (epoch {self.state.epoch + 1}, "
+                    f"loss {float(loss.detach()):.6g}); the last good checkpoint is "
+                    f"{self.checkpoint_path or 'the one written by rank 0'}")
+        self.optimizer.step()
+
+    def _seed_rank(self) -> None:
+        """DDP: reseed this rank's model noise from (seed, epoch, rank) at each epoch."""
+        if self.dist.world_size > 1:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.state.epoch) * 1009 + self.dist.rank)
+
     def _train_epoch(self, data: Tensor, deadline: float) -> dict[str, float]:
         self.model.train()
+        self._seed_rank()
         sums: dict[str, float] = {}
         batches = self._batches(len(data), self.state.epoch, shuffle=True)
         bar = tqdm(batches, desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", leave=False,
@@ -171,26 +241,19 @@ class Trainer:
             extra = self.model.on_step(self.state.step)
             with self._autocast():
                 terms = self.step_fn(self._to_device(data[idx]), self.state.step)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                shown = {k: float(v.detach()) for k, v in terms.items()}
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {self.state.step} (epoch {self.state.epoch + 1}): {shown}; "
-                    f"the last good checkpoint is {self.checkpoint_path}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
+            over = self._check_step(terms, deadline)
+            self._optimizer_step(terms["loss"])
             self.state.step += 1
             seen += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()} | extra, refresh=False)
-            if time.monotonic() > deadline:
+            if over:
                 self.state.stopped = "time budget"
                 break
-        return {k: v / max(seen, 1) for k, v in sums.items()}
+        keys = sorted(sums)
+        totals = self._all_reduce([float(seen)] + [sums[k] for k in keys])
+        return {k: v / max(totals[0], 1) for k, v in zip(keys, totals[1:])}
 
     @torch.no_grad()
     def evaluate(self, data: Tensor) -> dict[str, float]:
@@ -198,19 +261,18 @@ class Trainer:
         self.model.eval()
         sums: dict[str, float] = {}
         n = 0
-        for idx in self._batches(len(data), 0, shuffle=False):
+        batches = self._eval_batches(len(data))
+        for idx in batches:
             x = self._to_device(data[idx])
             with self._autocast():
                 terms = self.model.loss(x, self.state.step)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             n += len(idx)
-        if self.dist.world_size > 1:
-            import torch.distributed as tdist
-
-            packed = torch.tensor([n] + [sums[k] for k in sorted(sums)], dtype=torch.float64, device=self.device)
-            tdist.all_reduce(packed)
-            n, sums = int(packed[0]), dict(zip(sorted(sums), packed[1:].tolist()))
+        if self.dist.world_size > 1 and len(data) >= self.dist.world_size:
+            keys = sorted(sums)
+            totals = self._all_reduce([float(n)] + [sums[k] for k in keys])
+            n, sums = int(totals[0]), dict(zip(keys, totals[1:]))
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def fit(self, train: Tensor, val: Tensor) -> TrainState:
@@ -218,9 +280,14 @@ class Trainer:
         cfg, s = self.cfg, self.state
         start = time.monotonic() - s.seconds
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        self._prepare_run_dir()
         while s.epoch < cfg.epochs and not s.stopped:
             train_terms = self._train_epoch(train, deadline)
             val_terms = self.evaluate(val)
+            if not math.isfinite(val_terms["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite validation loss after step {s.step} (epoch {s.epoch + 1}): {val_terms}; "
+                    f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
             self.scheduler.step(val_terms["loss"])
             s.epoch += 1
             s.seconds = time.monotonic() - start
@@ -228,15 +295,29 @@ class Trainer:
             record = {"epoch": s.epoch, "step": s.step, "seconds": round(s.seconds, 2),
                       "lr": self.optimizer.param_groups[0]["lr"], "train": train_terms, "val": val_terms}
             s.history.append(record)
-            self._log_epoch(record)
             if s.bad_epochs >= cfg.early_stop > 0:
                 s.stopped = f"early stopping (no validation improvement in {cfg.early_stop} epochs)"
-            self.save_checkpoint()
+            self.save_checkpoint()  # first the checkpoint, then the metrics line (see the module doc)
+            self._log_epoch(record)
         if s.stopped:
             log.info("stopped: %s", s.stopped)
         if self._best_weights is not None:
             self.model.load_state_dict(self._best_weights)
         return s
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0: drop unfinished checkpoint files and make metrics.jsonl equal the history.
+
+        After a crash the history (from the checkpoint) is the truth: epochs logged after the
+        last checkpoint are removed, epochs checkpointed but not yet logged are restored.
+        """
+        if self.run_dir is None or not self.dist.is_main:
+            return
+        remove_stale_temporaries(self.run_dir / "checkpoint.pt")
+        path = self.run_dir / "metrics.jsonl"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.state.history))
+        os.replace(tmp, path)
 
     def _track_best(self, val_loss: float) -> None:
         if val_loss < self.state.best_val - 1e-6:

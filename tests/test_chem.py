@@ -19,7 +19,7 @@ def test_canonical_identifies_equivalent_smiles() -> None:
     assert chem.canonical("c1ccccc1") == chem.canonical("C1=CC=CC=C1") == "c1ccccc1"
 
 
-@pytest.mark.parametrize("bad", ["C1CC", "c1cccc1", "C(", "CC(C)(C)(C)(C)C", "Xx", "", "   ", None])
+@pytest.mark.parametrize("bad", ["C1CC", "c1cccc1", "C(", "CC(C)(C)(C)(C)C", "Xx", "", "   ", ".", None])
 def test_invalid_smiles_are_rejected(bad: str | None) -> None:
     assert chem.canonical(bad) is None
     assert not chem.is_valid(bad)

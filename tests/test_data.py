@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discrete_rae.data import cache as cache_mod
 from discrete_rae.data import molecules as mol_mod
 from discrete_rae.data.cache import encode_cached, pad_sequences, texts_sha256
 from discrete_rae.data.errors import DataError, LoadReport

@@ -188,13 +188,15 @@ def test_mnist_without_torchvision_is_a_clear_one_line_error(monkeypatch, tmp_pa
     assert err.startswith("error: dataset 'mnist' needs torchvision") and "\n" not in err
 
 
-def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys):
+def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys, monkeypatch):
     argv = ["image-table", "--dataset", "digits", "--preset", "smoke", "--models", "vae,rae_gp",
             "--runs-dir", str(tmp_path), "--data-dir", str(data_dir), "--quiet"]
     assert main(argv) == 0
     table = (tmp_path / "image-table-digits" / "table.md").read_text()
     assert "| vae |" in table and "| rae_gp |" in table and "Fréchet GMM" in table
     stamp = (tmp_path / "image-table-digits" / "vae" / "checkpoint.pt").stat().st_mtime_ns
-    assert main(argv) == 0  # finished runs with the same config are reused, not retrained
+    monkeypatch.setitem(sys.modules, "pytorch_fid", None)
+    assert main(argv + ["--inception"]) == 0  # finished runs with the same config are reused, not retrained
     assert (tmp_path / "image-table-digits" / "vae" / "checkpoint.pt").stat().st_mtime_ns == stamp
-    assert "| vae |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| vae |" in out and "Inception FID skipped: pytorch_fid" in out

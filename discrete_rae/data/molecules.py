@@ -239,7 +239,8 @@ def zinc250k_path(data_dir: Path | None = None, download: bool = True) -> Path:
     if target.is_file():
         digest = _sha256_file(target)
         if record.is_file():
-            expected = record.read_text(encoding="utf-8").split()[0] if record.read_text(encoding="utf-8").strip() else ""
+            words = record.read_text(encoding="utf-8").split()
+            expected = words[0] if words else ""
             if digest != expected:
                 raise DataError(
                     f"zinc250k: {target} has sha256 {digest[:16]}..., but {expected[:16]}... was recorded "

@@ -296,8 +296,11 @@ class ImageDomain(Domain):
     def samplers_for(self, model: Any, sampler: Sampler, prepared: Prepared, cfg: EvalConfig,
                      device: torch.device) -> dict[str, Sampler]:
         """The run's sampler plus the reported ones; missing ones are fitted to the training codes
-        with the run's seed (the same fit the pipeline did, so e.g. a VAE also gets GMM numbers)."""
+        with the run's seed (the same fit the pipeline did, so e.g. a VAE also gets GMM numbers).
+        Categorical codes get only the run's sampler: Gaussians over one-hot codes mean nothing."""
         out = {sampler.name: sampler}
+        if getattr(model.latent, "discrete", False):
+            return out
         missing = [n for n in REPORTED_SAMPLERS if n not in out]
         if missing:
             codes = self.encode(model, prepared.train, device)
