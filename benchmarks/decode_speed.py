@@ -5,6 +5,9 @@ sample, keep a Python list as the stack, and at each step mask the logits row of
 that sample with the top non-terminal's rules (numpy) and take the argmax. Both
 use the same cut rule (a sample whose pending non-terminals outnumber the steps
 left cannot finish: it is stopped and padded), so every output row must match.
+The numpy loop is the main (stronger) reference; the same loop written with torch
+ops per row is timed on a subset too. Wall and CPU times are reported, with the
+machine's load average, since other processes disturb the timings.
 
 Usage:
     python benchmarks/decode_speed.py --n 10000 [--grammar smiles] [--ref-n N] [--threads T]
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,12 +64,38 @@ def reference_decode(grammar: Grammar, logits: np.ndarray) -> tuple[np.ndarray, 
     return ids, finished
 
 
+def reference_decode_torch(grammar: Grammar, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same per-sample loop written with torch ops on each row (a naive port)."""
+    B, L, _ = logits.shape
+    nt_index = {name: i for i, name in enumerate(grammar.nonterminals)}
+    pushes = [
+        [] if r == grammar.pad_index else [nt_index[s.symbol()] for s in reversed(p.rhs()) if isinstance(s, Nonterminal)]
+        for r, p in enumerate(grammar.productions)
+    ]
+    ids = torch.full((B, L), grammar.pad_index, dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool)
+    for b in range(B):
+        stack = [nt_index[grammar.start]]
+        for t in range(L):
+            row = logits[b, t].masked_fill(~grammar.masks[stack.pop()], float("-inf"))
+            r = int(row.argmax())
+            ids[b, t] = r
+            stack.extend(pushes[r])
+            if not stack:
+                finished[b] = True
+                break
+            if len(stack) > L - t - 1:
+                break
+    return ids, finished
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000, help="batch size")
     ap.add_argument("--grammar", default="smiles")
     ap.add_argument("--length", type=int, default=None, help="decode steps (default: grammar max_length)")
     ap.add_argument("--ref-n", type=int, default=None, help="samples decoded by the reference (default: all)")
+    ap.add_argument("--torch-ref-n", type=int, default=300, help="samples for the torch per-sample loop (0: skip)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each decoder; the best time is reported")
     ap.add_argument("--seed", type=int, default=0)
@@ -78,20 +108,39 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     logits = torch.randn(args.n, L, g.n_rules, generator=gen)
 
-    times = []
+    # alternate the two decoders so that a changing machine load hits both alike;
+    # the best time of each is reported
+    ref_n = min(args.ref_n or args.n, args.n)
+    ref_logits = logits[:ref_n].numpy()
+    # wall and CPU time (this process; both decoders run on one thread) are recorded:
+    # CPU time is less disturbed when other processes compete for the cores
+    times, ref_times, cpu, ref_cpu = [], [], [], []
     for _ in range(max(1, args.repeats)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = g.decode_logits(logits, greedy=True)
         times.append(time.perf_counter() - t0)
-    batched_s = min(times)
-
-    ref_n = min(args.ref_n or args.n, args.n)
-    ref_times = []
-    for _ in range(max(1, args.repeats)):
-        t0 = time.perf_counter()
-        ref_ids, ref_fin = reference_decode(g, logits[:ref_n].numpy())
+        cpu.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ref_ids, ref_fin = reference_decode(g, ref_logits)
         ref_times.append(time.perf_counter() - t0)
-    ref_s = min(ref_times)
+        ref_cpu.append(time.process_time() - c0)
+    batched_s, ref_s = min(times), min(ref_times)
+    batched_cpu_s, ref_cpu_s = min(cpu), min(ref_cpu)
+
+    torch_ref = {}
+    if args.torch_ref_n:
+        k = min(args.torch_ref_n, args.n)
+        with torch.no_grad():
+            t0, c0 = time.perf_counter(), time.process_time()
+            t_ids, t_fin = reference_decode_torch(g, logits[:k])
+            tw, tc = time.perf_counter() - t0, time.process_time() - c0
+        torch_ref = {
+            "torch_reference_n": k,
+            "torch_reference_samples_per_s": round(k / tw, 1),
+            "ratio_vs_torch_reference": round((args.n / batched_s) / (k / tw), 1),
+            "ratio_cpu_time_vs_torch_reference": round((tc / k) / (batched_cpu_s / args.n), 1),
+            "torch_reference_identical": bool(torch.equal(t_ids, res.ids[:k]) and torch.equal(t_fin, res.finished[:k])),
+        }
 
     identical = bool(
         np.array_equal(res.ids[:ref_n].numpy(), ref_ids) and np.array_equal(res.finished[:ref_n].numpy(), ref_fin)
@@ -111,10 +160,17 @@ def main() -> None:
         "reference_s": round(ref_s, 4),
         "reference_samples_per_s": round(ref_rate, 1),
         "ratio": round(batched_rate / ref_rate, 2),
+        "batched_cpu_s": round(batched_cpu_s, 4),
+        "reference_cpu_s": round(ref_cpu_s, 4),
+        "ratio_cpu_time": round((ref_cpu_s / ref_n) / (batched_cpu_s / args.n), 2),
         "identical": identical,
         "finished_fraction": round(float(res.finished.float().mean()), 4),
         "mean_length": round(float(res.lengths.float().mean()), 2),
     }
+    out.update(torch_ref)
+    # timings depend on what else runs on the machine: record its load
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    out["cpu_count"] = os.cpu_count()
     print(json.dumps(out))
 
 

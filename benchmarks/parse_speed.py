@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import sys
 import time
@@ -109,6 +110,9 @@ def main() -> None:
                 "parse_many_identical": bool(same and len(res) == len(texts) - n_fail),
             }
         )
+    # timings depend on what else runs on the machine: record its load
+    out["load_average_1min"] = round(os.getloadavg()[0], 2)
+    out["cpu_count"] = os.cpu_count()
     print(json.dumps(out))
 
 

@@ -83,8 +83,6 @@ class GrammarCodec(SequenceCodec):
         self.vocab_size = grammar.n_rules
         self.pad_index = grammar.pad_index
         self.max_length = int(max_length or grammar.max_length)
-        self._masks = grammar.masks  # [n_nonterminals, n_rules] bool
-        self._lhs = grammar.lhs  # [n_rules]
 
     def encode(self, texts: list[str], cache_dir: Path | None = None, workers: int = 1,
                progress: bool = True) -> EncodedTexts:
@@ -94,8 +92,7 @@ class GrammarCodec(SequenceCodec):
         return EncodedTexts(np.asarray(enc.ids), np.asarray(enc.lengths), list(enc.texts), list(enc.failures))
 
     def step_mask(self, ids: Tensor) -> Tensor:
-        masks, lhs = self._masks.to(ids.device), self._lhs.to(ids.device)
-        return masks[lhs[ids]]
+        return self.grammar.lhs_masks(ids)
 
     def new_state(self, batch_size: int, device: torch.device | None = None) -> Any:
         return self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length)

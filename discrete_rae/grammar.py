@@ -188,10 +188,11 @@ def select(
 ) -> torch.Tensor:
     """Pick one rule per row among the allowed ones.
 
-    Computation is in float32. NaN logits count as ``-inf``; ``+inf`` is clamped
-    to the largest float32. If every allowed logit of a row is ``-inf`` the row
-    picks uniformly (sampling) or the first allowed rule (greedy) instead of
-    producing NaN or a forbidden rule.
+    Computation is in float32 and never yields NaN or a forbidden rule: ``+inf``
+    becomes the largest and ``-inf`` the lowest finite float32, NaN ranks below
+    every number. Greedy ties go to the first (lowest-index) allowed rule; a row
+    whose allowed logits are all NaN picks its first allowed rule (greedy) or
+    uniformly among its allowed rules (sampling).
 
     Args:
         logits: ``[B, R]`` scores.
@@ -208,10 +209,9 @@ def select(
     x = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
     x = x.masked_fill(~allowed, float("-inf"))
     row_max = x.amax(dim=-1, keepdim=True)
-    hopeless = torch.isneginf(row_max)  # no allowed logit is finite
-    if bool(hopeless.any()):
-        x = torch.where(hopeless & allowed, torch.zeros_like(x), x)
-        row_max = torch.where(hopeless, torch.zeros_like(row_max), row_max)
+    hopeless = torch.isneginf(row_max)  # every allowed logit is NaN (no host sync here)
+    x = torch.where(hopeless & allowed, torch.zeros_like(x), x)
+    row_max = row_max.masked_fill(hopeless, 0.0)
     if greedy:
         return x.argmax(dim=-1)
     if not temperature > 0:
@@ -311,7 +311,8 @@ class DecodeState:
 
     def allowed(self) -> torch.Tensor:
         """BoolTensor ``[B, R]``: rules allowed at this step (only the pad rule when done or cut)."""
-        return self._masks[self.top()]
+        # index_select, not advanced indexing: the latter is far slower on CPU here
+        return self._masks.index_select(0, self.top())
 
     def push(self, rule_ids: torch.Tensor, check: bool = True) -> None:
         """Apply one rule per sample: pop the top non-terminal, push the rule's RHS non-terminals.
@@ -326,7 +327,7 @@ class DecodeState:
         if rule.shape[0] != self.batch_size:
             raise ValueError(f"expected {self.batch_size} rules, got {rule.shape[0]}")
         if check:
-            ok = self._masks[self.top()].gather(1, rule.unsqueeze(1)).squeeze(1)
+            ok = self._masks.index_select(0, self.top()).gather(1, rule.unsqueeze(1)).squeeze(1)
             if not bool(ok.all()):
                 bad = int((~ok).nonzero()[0, 0])
                 raise ValueError(f"rule {int(rule[bad])} is not allowed for sample {bad} at step {self.t}")
@@ -435,7 +436,9 @@ class Grammar:
         self.productions: list[Production] = productions
         self.n_rules = len(productions)
         self.start = cfg.start().symbol()
-        self._prod_index = {p: i for i, p in enumerate(productions)}
+        self._prod_index: dict[Production, int] = {}
+        for i, p in enumerate(productions):
+            self._prod_index.setdefault(p, i)  # first occurrence, as list.index
 
         nts: list[str] = []
         for p in productions:
@@ -621,14 +624,14 @@ class Grammar:
         Raises:
             GrammarError: a character sequence that is no terminal (with its position).
         """
-        if self.skip_whitespace:
-            text = text.strip()
-        tokens = self._token_re.findall(text)
+        body = text.strip() if self.skip_whitespace else text
+        tokens = self._token_re.findall(body)
         if not self._terminal_set.issuperset(tokens):
-            for m in self._token_re.finditer(text):
+            shift = len(text) - len(text.lstrip()) if self.skip_whitespace else 0
+            for m in self._token_re.finditer(body):
                 if m.group(1) not in self._terminal_set:
                     raise GrammarError(
-                        f"{_short(text)}: character {m.group(1)!r} at position {m.start(1)} "
+                        f"{_short(text)}: character {m.group(1)!r} at position {m.start(1) + shift} "
                         f"is not a token of grammar {self.name}"
                     )
         return tokens
@@ -1234,8 +1237,10 @@ class Grammar:
                 "cand": cand.to(device),
                 "cand_valid": cand_valid.to(device),
                 "masks": self.masks.to(device),
+                "lhs": self.lhs.to(device),
                 "rhs_len": rhs_len.to(device),
                 "rhs16": (rhs[:, :K] if K else rhs[:, :0]).to(torch.int16).to(device),
+                "rhs32": (rhs[:, :K] if K else rhs[:, :0]).to(torch.int32).to(device),
             }
             self._tensor_cache[key] = cached
         return cached
@@ -1283,7 +1288,7 @@ class Grammar:
         dev = logits.device
         tens = self._decode_tensors(dev)
         cand, valid, cand_dup = tens["cand"], tens["cand_valid"], tens["cand_dup"]  # [n_nt, C]
-        rhs, rhs_len = tens["rhs16"], tens["rhs_len"]  # [R, K] int16, [R]
+        rhs, rhs_len = tens["rhs32"], tens["rhs_len"]  # [R, K] int32, [R]
         C, K = cand.shape[1], rhs.shape[1]
         # Greedy on CPU reads the logits in two tiers: the first C1 candidates of every row,
         # then the rest only for rows whose top non-terminal has more than C1 rules (the
@@ -1292,7 +1297,6 @@ class Grammar:
         C1 = min(C, _FIRST_TIER) if (greedy and dev.type == "cpu") else C
         C2 = C - C1
         cand1 = cand_dup[:, :C1].contiguous()
-        cand2 = cand_dup[:, C1:].contiguous()
         has_more = valid.sum(dim=1) > C1  # [n_nt]: non-terminals with more than C1 rules
         fmax = torch.finfo(torch.float32).max
         with torch.no_grad(), _cpu_single_thread(dev):
@@ -1301,7 +1305,7 @@ class Grammar:
             # but only for the rows still running: every few steps the finished and cut
             # rows are dropped, so later steps work on fewer rows.
             rows = torch.arange(B, device=dev)
-            stack = torch.full((B, L + K + 2), self._nothing_nt, dtype=torch.int16, device=dev)
+            stack = torch.full((B, L + K + 2), self._nothing_nt, dtype=torch.int32, device=dev)
             stack[:, 1] = self._start_nt
             ptr = torch.ones(B, dtype=torch.long, device=dev)
             cut_rows = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -1310,6 +1314,8 @@ class Grammar:
             offsets = torch.arange(1, K + 1, device=dev).unsqueeze(0)
             row_base = rows * (L * R)  # flat offset of each row's logits
             slot_base = rows * C1
+            full_slots = rows * C
+            upcast = flat.dtype != torch.float32
             for t in range(L):
                 if t % 8 == 0:
                     keep = ptr > 0
@@ -1319,31 +1325,34 @@ class Grammar:
                     if n_keep < 0.85 * rows.numel():
                         cut.index_copy_(0, rows, cut_rows)
                         sel = keep.nonzero().squeeze(1)
-                        rows, stack, ptr, cut_rows = rows[sel], stack[sel], ptr[sel], cut_rows[sel]
+                        rows, stack = rows.index_select(0, sel), stack.index_select(0, sel)
+                        ptr, cut_rows = ptr.index_select(0, sel), cut_rows.index_select(0, sel)
                         row_base = rows * (L * R)
-                        slot_base = torch.arange(rows.numel(), device=dev) * C1
+                        slot_base = slot_base[: rows.numel()]
                 # Only the rules of the top non-terminal matter: read their logits
                 # ([n, C], C = most rules of one non-terminal) instead of masking all R.
-                top = stack.gather(1, ptr.unsqueeze(1)).squeeze(1).long()
+                top = stack.gather(1, ptr.unsqueeze(1)).view(-1)  # int32 [n]
                 base = (row_base + t * R).unsqueeze(1)  # [n, 1]
                 if greedy:
                     idx = cand1.index_select(0, top)
                     vals = flat.index_select(0, (idx + base).view(-1)).view(-1, C1)
-                    vals = vals.float().nan_to_num_(nan=float("-inf"), posinf=fmax)
+                    if upcast:
+                        vals = vals.float()
                     # first maximum (padding slots repeat slot 0, so they never change the
                     # rule); max().indices is much faster than argmax() for short rows on CPU
-                    best = vals.max(dim=1)
-                    rule = torch.take(idx, slot_base + best.indices)
+                    choice = vals.nan_to_num_(nan=float("-inf"), posinf=fmax).max(dim=1).indices
+                    rule = torch.take(idx, slot_base + choice)
                     if C2:
-                        more = has_more.index_select(0, top).nonzero().squeeze(1)
-                        if more.numel():
-                            idx2 = cand2.index_select(0, top.index_select(0, more))
-                            vals2 = flat.index_select(0, (idx2 + base.index_select(0, more)).view(-1)).view(-1, C2)
-                            best2 = vals2.float().nan_to_num_(nan=float("-inf"), posinf=fmax).max(dim=1)
-                            # strictly greater: on ties the earlier (first-tier) rule wins
-                            better = best2.values > best.values.index_select(0, more)
-                            rule2 = torch.take(idx2, torch.arange(more.numel(), device=dev) * C2 + best2.indices)
-                            rule.index_copy_(0, more, torch.where(better, rule2, rule.index_select(0, more)))
+                        # rows whose symbol has more than C1 rules: redo them over all C
+                        more = has_more.index_select(0, top).nonzero().view(-1)
+                        m = more.numel()
+                        if m:
+                            idx_m = cand_dup.index_select(0, top.index_select(0, more))
+                            vals_m = flat.index_select(0, (idx_m + base.index_select(0, more)).view(-1)).view(m, C)
+                            if upcast:
+                                vals_m = vals_m.float()
+                            choice_m = vals_m.nan_to_num_(nan=float("-inf"), posinf=fmax).max(dim=1).indices
+                            rule.index_copy_(0, more, torch.take(idx_m, full_slots[:m] + choice_m))
                 else:
                     idx = cand.index_select(0, top)
                     vals = flat.index_select(0, (idx + base).view(-1)).view(-1, C)
@@ -1372,9 +1381,10 @@ class Grammar:
         Returns:
             BoolTensor ``[B, L, R]`` = ``masks[lhs[ids]]`` (pad positions allow only the pad rule).
         """
-        masks = self._decode_tensors(ids.device)["masks"]
-        lhs = self.lhs.to(ids.device)
-        return masks[lhs[ids.long()]]
+        tens = self._decode_tensors(ids.device)
+        flat = ids.reshape(-1).long()
+        rows = tens["lhs"].index_select(0, flat)
+        return tens["masks"].index_select(0, rows).view(*ids.shape, self.n_rules)
 
 
 @contextlib.contextmanager

@@ -54,26 +54,18 @@ def table_run_config(model: str, args: argparse.Namespace) -> Any:
     return cli.resolve_run_config(argparse.Namespace(**flags))
 
 
-def _finished_metrics(run_dir: Path, config_text: str) -> dict[str, Any] | None:
-    """metrics.json of a finished run with exactly this resolved config, else None."""
-    cfg, metrics = run_dir / "config.toml", run_dir / "metrics.json"
-    if cfg.is_file() and metrics.is_file() and cfg.read_text() == config_text:
-        return json.loads(metrics.read_text())
-    return None
-
-
 def train_or_reuse(model: str, args: argparse.Namespace, table_dir: Path, device: Any, amp: Any) -> dict[str, Any]:
-    """Train one row (or reuse / resume its run); returns its metrics.json contents."""
+    """Train one row, or reuse (finished) / resume (interrupted) a run with the same resolved config."""
     from .pipeline import train_run
 
     run = table_run_config(model, args)
     run_dir = table_dir / model
-    config_text = to_toml(run.sections())
-    if not args.retrain and (done := _finished_metrics(run_dir, config_text)) is not None:
+    saved = run_dir / "config.toml"
+    same_config = not args.retrain and saved.is_file() and saved.read_text() == to_toml(run.sections())
+    if same_config and (run_dir / "metrics.json").is_file():
         log.info("%s: reusing the finished run %s", model, run_dir)
-        return done
-    same_config = (run_dir / "config.toml").is_file() and (run_dir / "config.toml").read_text() == config_text
-    resume = not args.retrain and same_config and (run_dir / "checkpoint.pt").is_file()
+        return json.loads((run_dir / "metrics.json").read_text())
+    resume = same_config and (run_dir / "checkpoint.pt").is_file()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     log.info("%s: %s %s", model, "resuming" if resume else "training", run_dir)
@@ -95,14 +87,15 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     """The markdown table (one row per model) with its notes."""
     head = ["model", "recon MSE", "Fréchet N(0,I)", "Fréchet Gaussian", "Fréchet GMM", "Fréchet interp.",
             "P / R N(0,I)", "P / R GMM", "epochs", "train s"]
-    if inception:
+    with_fid = bool(inception) and "_skipped" not in inception
+    if with_fid:
         head[6:6] = ["Inception FID N(0,I)", "Inception FID GMM"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         cells = [m["model"], _fmt(m.get("recon_mse"), 4), _fmt(m.get("fid_feat_prior")),
                  _fmt(m.get("fid_feat_gaussian")), _fmt(m.get("fid_feat_gmm")), _fmt(m.get("fid_feat_interp")),
                  _pr(m, "prior"), _pr(m, "gmm"), str(m.get("epochs", "-")), _fmt(m.get("train_seconds"), 0)]
-        if inception:
+        if with_fid:
             fids = inception.get(m["model"], {})
             cells[6:6] = [_fmt(fids.get("prior")), _fmt(fids.get("gmm"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -120,14 +113,15 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     ]
     if inception and inception.get("_skipped"):
         notes.append(f"Inception FID skipped: {inception['_skipped']}")
-    return "\n".join([f"# Image models on {args.dataset} ({args.preset})", "", *lines, "", *[f"- {n}" for n in notes]]) + "\n"
+    title = f"# Image models on {args.dataset} ({args.preset})"
+    return "\n".join([title, "", *lines, "", *[f"- {n}" for n in notes]]) + "\n"
 
 
 def inception_scores(models: list[str], table_dir: Path, device: Any, n: int) -> dict[str, Any]:
     """{model: {"prior": fid, "gmm": fid}}, or {"_skipped": reason} where Inception is unavailable."""
     import torch
 
-    from .metrics.images import inception_fid, inception_status
+    from .metrics.images import InceptionFeatures, frechet, inception_status
     from .pipeline import load_run
     from .registry import DOMAINS
 
@@ -135,16 +129,16 @@ def inception_scores(models: list[str], table_dir: Path, device: Any, n: int) ->
     if not ok:
         log.warning("Inception FID skipped: %s", why)
         return {"_skipped": why}
+    domain, features = DOMAINS.get("images"), InceptionFeatures(device)
+    real = None  # every row shares data set, seed and so the test split
     out: dict[str, Any] = {}
-    domain = DOMAINS.get("images")
     for model in models:
         loaded = load_run(table_dir / model, device)
-        real = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"]).test
+        if real is None:
+            real = features(domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"]).test)
         gen = torch.Generator().manual_seed(loaded.run.train.seed)
-        out[model] = {}
-        for name in ("prior", "gmm"):
-            fake = domain.decode(loaded.model, loaded.samplers[name].sample(n, generator=gen), device)
-            out[model][name] = inception_fid(real, fake, device)[0]
+        out[model] = {name: frechet(real, features(domain.decode(
+            loaded.model, loaded.samplers[name].sample(n, generator=gen), device))) for name in ("prior", "gmm")}
     return out
 
 

@@ -17,9 +17,15 @@ index vector x in {0..K-1}^N. Every sampler fits to training codes, draws one-ho
   sklearn's GaussianMixture). With alpha -> 0 every M-step keeps the per-variable
   frequencies: sum_c pi_c theta_cnk = (1/M) sum_i [x_in = k].
 - ``autoregressive``: q(x) = prod_n q(x_n | x_<n) by a MADE (Germain et al. 2015): a masked MLP
-  on the one-hot code whose outputs for variable n see only variables < n. Trained by Adam on
-  90% of the codes with early stopping on the other 10%, best weights kept; sampling runs N
-  forward passes.
+  (default one hidden layer of 512) on the one-hot code whose outputs for variable n see only
+  variables < n; output biases start at the log marginals (the independent model). Trained by
+  AdamW on 90% of the codes with early stopping on the other 10%, best weights kept; sampling
+  runs N forward passes.
+
+Which serves best (digits, 30 x 10 codes, 1,365 training codes; see the issue #5 report): the
+MADE has the lowest held-out code NLL, but the mixture (k = 20..50) gives the best samples by the
+Fréchet metric, with no sampled code equal to a training code; the independent and uniform
+samplers are far worse (the variables are strongly dependent).
 """
 
 from __future__ import annotations
@@ -126,7 +132,7 @@ class CategoricalMixtureSampler(DiscreteSampler):
 
     name = "cat_mixture"
 
-    def __init__(self, n_vars: int, n_classes: int, k: int = 10, max_iter: int = 200, tol: float = 1e-3,
+    def __init__(self, n_vars: int, n_classes: int, k: int = 30, max_iter: int = 200, tol: float = 1e-3,
                  alpha: float = 1e-3, init_pull: float = 0.3) -> None:
         super().__init__(n_vars, n_classes, k=k, max_iter=max_iter, tol=tol, alpha=alpha, init_pull=init_pull)
         self.k, self.max_iter, self.tol, self.alpha, self.init_pull = k, max_iter, tol, alpha, init_pull
@@ -225,7 +231,7 @@ def made_masks(n_vars: int, n_classes: int, hidden: tuple[int, ...]) -> list[Ten
 class MADE(nn.Module):
     """Masked MLP: one-hot codes [B, N*K] -> logits [B, N, K] of q(x_n | x_<n)."""
 
-    def __init__(self, n_vars: int, n_classes: int, hidden: tuple[int, ...] = (256, 256)) -> None:
+    def __init__(self, n_vars: int, n_classes: int, hidden: tuple[int, ...] = (512,)) -> None:
         super().__init__()
         self.n_vars, self.n_classes = n_vars, n_classes
         layers: list[nn.Module] = []
@@ -248,7 +254,7 @@ class AutoregressiveSampler(DiscreteSampler):
 
     name = "autoregressive"
 
-    def __init__(self, n_vars: int, n_classes: int, hidden: int = 256, layers: int = 2, epochs: int = 200,
+    def __init__(self, n_vars: int, n_classes: int, hidden: int = 512, layers: int = 1, epochs: int = 200,
                  batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4, patience: int = 8,
                  max_seconds: float = 120.0) -> None:
         super().__init__(n_vars, n_classes, hidden=hidden, layers=layers, epochs=epochs, batch_size=batch_size,

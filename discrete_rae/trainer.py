@@ -91,6 +91,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                  shuffle: bool = True) -> list[Tensor]:
+    """Index batches of ``rank`` for one epoch.
+
+    The order depends only on (seed, epoch), so resume is exact. With several processes the
+    last ``n % world_size`` examples of the order are dropped, so that every rank takes the same
+    number of steps (a rank with an extra step would wait forever in DDP's all-reduce), and rank
+    ``r`` takes every ``world_size``-th example from ``r``: the k-th batches of all ranks together
+    are the k-th batch of one process with ``batch_size * world_size``.
+    """
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    else:
+        order = torch.arange(n)
+    order = order[: n - n % world_size][rank::world_size]  # identity for one process
+    return list(order.split(batch_size)) if len(order) else []
+
+
 @dataclass
 class TrainState:
     """Progress of a fit; saved in the checkpoint (``history`` = the metrics.jsonl records)."""
@@ -122,12 +140,20 @@ class Trainer:
         self._best_weights: dict[str, Tensor] | None = None
         self.step_fn = _LossModule(model)
         if self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if device.type == "cuda" else None
-            self.step_fn = DistributedDataParallel(self.step_fn, device_ids=ids)
+            self.step_fn = self._wrap_ddp(model, device)
         if cfg.compile:
             self.step_fn = torch.compile(self.step_fn)
+
+    def _wrap_ddp(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DDP around the loss. On CUDA, BatchNorm becomes SyncBatchNorm (statistics of the
+        global batch, as in one process); gloo has no SyncBatchNorm, so on the CPU each process
+        normalises with the statistics of its own ``batch_size`` examples."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root; same parameters
+        ids = [device.index] if device.type == "cuda" and device.index is not None else None
+        return DistributedDataParallel(_LossModule(model), device_ids=ids)
 
     # --- checkpointing ------------------------------------------------------------------------
     @property
@@ -157,24 +183,16 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------------
     def _batches(self, n: int, epoch: int, shuffle: bool) -> list[Tensor]:
-        """Training index batches of this rank; the order depends only on (seed, epoch), so resume
-        is exact. With DDP the last ``n % world_size`` examples of the order are dropped, so that
-        every rank takes the same number of steps (a rank with an extra step would hang in DDP)."""
-        if shuffle:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        world = self.dist.world_size
-        order = order[: n - n % world][self.dist.rank::world]  # DDP shard (identity for one process)
-        return list(order.split(self.cfg.batch_size))
+        """This rank's training batches of epoch ``epoch`` (see :func:`epoch_batches`)."""
+        return epoch_batches(n, self.cfg.batch_size, self.cfg.seed, epoch, self.dist.rank, self.dist.world_size,
+                             shuffle)
 
     def _eval_batches(self, n: int) -> list[Tensor]:
         """Validation batches of this rank (every example once over all ranks; all when n < world)."""
         order = torch.arange(n)
         if n >= self.dist.world_size:
             order = order[self.dist.rank::self.dist.world_size]
-        return list(order.split(self.cfg.batch_size))
+        return list(order.split(self.cfg.batch_size)) if len(order) else []
 
     def _to_device(self, x: Tensor) -> Tensor:
         if self.device.type == "cuda":
@@ -211,16 +229,17 @@ class Trainer:
                 f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
         return over > 0
 
-    def _optimizer_step(self, loss: Tensor) -> None:
+    def _optimizer_step(self, terms: dict[str, Tensor]) -> None:
         """Backward, clip (a non-finite gradient norm stops training), step."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         if self.cfg.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             if not torch.isfinite(norm):
+                shown = {k: float(v.detach()) for k, v in terms.items()}
                 raise NonFiniteLossError(
-                    f"non-finite gradient norm at step {self.state.step} (epoch {self.state.epoch + 1}, "
-                    f"loss {float(loss.detach()):.6g}); the last good checkpoint is "
+                    f"non-finite gradient norm at step {self.state.step} (epoch {self.state.epoch + 1}): "
+                    f"loss terms {shown}; the last good checkpoint is "
                     f"{self.checkpoint_path or 'the one written by rank 0'}")
         self.optimizer.step()
 
@@ -242,7 +261,7 @@ class Trainer:
             with self._autocast():
                 terms = self.step_fn(self._to_device(data[idx]), self.state.step)
             over = self._check_step(terms, deadline)
-            self._optimizer_step(terms["loss"])
+            self._optimizer_step(terms)
             self.state.step += 1
             seen += 1
             for k, v in terms.items():

@@ -121,9 +121,9 @@ def test_nci5k_loads_canonical_distinct():
 
 @needs_moses
 def test_moses_subset_is_seeded_random_not_head():
-    a = load_molecules("moses:test", n=300, seed=0, progress=False)
-    b = load_molecules("moses:test", n=300, seed=0, progress=False)
-    c = load_molecules("moses:test", n=300, seed=1, progress=False)
+    a = load_molecules("moses:test", n=300, seed=0, progress=False, cache=False)
+    b = moses_split("test", n=300, seed=0, progress=False, cache=False)
+    c = load_molecules("moses:test", n=300, seed=1, progress=False, cache=False)
     assert a.smiles == b.smiles  # reproducible
     assert len(a.smiles) == 300 == len(set(a.smiles))
     assert len(set(a.smiles) & set(c.smiles)) < 30  # another seed, another sample
@@ -137,17 +137,23 @@ def test_moses_subset_is_seeded_random_not_head():
     assert a.report.records == len(lines) and a.report.examined >= 300
 
 
+@pytest.mark.slow
 @needs_moses
 def test_moses_train_subset_and_split_helper():
-    data = moses_split("train", n=40, seed=3, progress=False)
+    data = moses_split("train", n=40, seed=3, progress=False, cache=False)
     assert len(data) == 40
     with gzip.open(moses_path("train"), "rt") as fh:
         head = {line.strip() for line in itertools.islice(fh, 1, 5001)}
     assert len(set(data.smiles) & head) <= 2
     assert data.report.records == 1_584_663
+
+
+def test_moses_unknown_split():
     with pytest.raises(DataError) as exc:
         moses_split("validation")
     _one_line_error(exc, "validation", "test_scaffolds")
+    with pytest.raises(DataError):
+        load_molecules("moses:valid", progress=False)
 
 
 # ------------------------------------------------------------------------------ files
@@ -178,6 +184,7 @@ def test_file_with_bad_lines_reports_counts(tmp_path):
     assert data.smiles == ["CCO", "c1ccccc1", "[Cl-].[Na+]"]
     assert rep.records == 9 and rep.blank == 1
     assert rep.duplicates == 1
+    assert rep.changed == 1  # [Na+].[Cl-] -> [Cl-].[Na+]; CCO and c1ccccc1 were canonical already
     assert rep.rejected == Counter(invalid_smiles=2, valence=1, aromaticity=1, too_long=1)
     assert rep.examples["too_long"][0].startswith("line 8:")
     assert "10,001 chars" in rep.examples["too_long"][0]
@@ -303,7 +310,43 @@ def test_canonicalize_false_keeps_strings(tmp_path):
     f = _write(tmp_path / "raw.smi", "OCC\nOCC\nC1=CC=CC=C1\n")
     data = load_molecules(str(f), canonicalize=False, progress=False)
     assert data.smiles == ["OCC", "C1=CC=CC=C1"]
+    assert data.report.changed == 0
     assert load_molecules(str(f), progress=False).smiles == ["CCO", "c1ccccc1"]
+
+
+def test_load_cache_reuses_result_and_report(tmp_path, monkeypatch):
+    f = _write(tmp_path / "c.smi", "OCC\nC1CC\nc1ccccc1\nCCO\n[Na+].[Cl-]\n")
+    data_dir = tmp_path / "dd"
+    first = load_molecules(str(f), data_dir=data_dir, cache=True, progress=False)
+    cached = sorted(p.name for p in (data_dir / "cache").iterdir())
+    assert len(cached) == 2 and cached[0].endswith(".json") and cached[1].endswith(".txt.gz")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the source was processed again")
+
+    monkeypatch.setattr(mol_mod, "_process", boom)
+    second = load_molecules(str(f), data_dir=data_dir, cache=True, progress=False)
+    assert second.smiles == first.smiles
+    a, b = first.report.to_dict(), second.report.to_dict()
+    assert b["notes"][-1].startswith("loaded from cache")
+    b["notes"] = b["notes"][:-1]
+    assert a == b
+    # another seed / n, or a changed file: not the same entry
+    with pytest.raises(AssertionError, match="processed again"):
+        load_molecules(str(f), n=2, seed=1, data_dir=data_dir, cache=True, progress=False)
+    _write(f, "CCN\n")
+    with pytest.raises(AssertionError, match="processed again"):
+        load_molecules(str(f), data_dir=data_dir, cache=True, progress=False)
+    # damaged entry: read again
+    monkeypatch.undo()
+    _write(f, "OCC\nC1CC\nc1ccccc1\nCCO\n[Na+].[Cl-]\n")
+    gz = next((data_dir / "cache").glob("*.txt.gz"))
+    gz.write_bytes(b"not gzip")
+    assert load_molecules(str(f), data_dir=data_dir, cache=True, progress=False).smiles == first.smiles
+    # small files are not cached by default
+    other = tmp_path / "dd2"
+    load_molecules(str(f), data_dir=other, progress=False)
+    assert not (other / "cache").exists()
 
 
 def test_rdkit_messages_are_silenced(tmp_path, capfd):
@@ -375,14 +418,16 @@ def test_generated_expressions_distinct_short_reproducible(expr_grammar):
 
 
 def test_generated_length_profile_matches_paper(expr_grammar):
-    data = load_expressions("generated", n=20_000, seed=0, grammar=expr_grammar)
+    n = 10_000
+    data = load_expressions("generated", n=n, seed=0, grammar=expr_grammar)
     total = sum(PAPER_LENGTH_PROFILE.values())
     got = data.report.lengths
-    tv = 0.5 * sum(abs(got.get(k, 0) / 20_000 - PAPER_LENGTH_PROFILE.get(k, 0) / total) for k in set(got) | set(PAPER_LENGTH_PROFILE))
+    keys = set(got) | set(PAPER_LENGTH_PROFILE)
+    tv = 0.5 * sum(abs(got.get(k, 0) / n - PAPER_LENGTH_PROFILE.get(k, 0) / total) for k in keys)
     assert tv < 0.02, got
     # uniform rule choices give a very different profile (the reason for the default)
-    naive = load_expressions("generated", n=5000, seed=0, grammar=expr_grammar, profile="rules")
-    frac14 = naive.report.lengths.get(14, 0) / 5000
+    naive = load_expressions("generated", n=2000, seed=0, grammar=expr_grammar, profile="rules")
+    frac14 = naive.report.lengths.get(14, 0) / 2000
     assert frac14 < 0.4 and naive.report.rejected["too_long"] > 0
 
 
@@ -565,7 +610,7 @@ def test_shared_zinc_sample_loads_and_encodes(tmp_path, smiles_grammar):
     f = shared / "data" / "zinc" / "valid.txt" if shared else None
     if f is None or not f.is_file():
         pytest.skip("shared data not available")
-    data = load_molecules(str(f), n=400, seed=0, progress=False, workers=1)
+    data = load_molecules(str(f), n=400, seed=0, progress=False, workers=1, cache=False)
     assert len(data) == 400 and data.report.records == 24_445
     enc = encode_cached(smiles_grammar, data.smiles, tmp_path, progress=False)
     assert len(enc.failures) == 0 and len(enc) == 400

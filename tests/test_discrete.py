@@ -20,6 +20,8 @@ load_all()
 
 DISCRETE_MODELS = ("gumbel_vae", "discrete_rae", "discrete_ae")
 DISCRETE_SAMPLERS = ("categorical", "cat_mixture", "autoregressive")
+# a smaller MADE than the default keeps the sampler tests fast
+OPTIONS = {"autoregressive": {"hidden": 48, "epochs": 30, "patience": 3, "batch_size": 512}}
 
 
 # --- Gumbel-softmax numerics ---------------------------------------------------------------------
@@ -141,7 +143,7 @@ def test_sampler_reproduces_per_variable_frequencies(name):
     sampling s.d. is <= 0.0035, so 0.02 leaves room for the model's own fitting error)."""
     n, k = 6, 4
     codes = _correlated_codes(n=n, k=k)
-    s = build_sampler(name, n_vars=n, n_classes=k).fit(codes, seed=0)
+    s = build_sampler(name, n_vars=n, n_classes=k, **OPTIONS.get(name, {})).fit(codes, seed=0)
     draws = s.sample(20_000, generator=torch.Generator().manual_seed(1))
     assert draws.shape == (20_000, n * k) and torch.equal(draws.view(-1, n, k).sum(-1), torch.ones(20_000, n))
     assert (_freq(draws, n, k) - _freq(codes, n, k)).abs().max() < 0.02
@@ -151,7 +153,8 @@ def test_mixture_and_autoregressive_capture_dependence():
     """On clustered codes the joint models beat the independent one in held-out log-mass."""
     n, k = 6, 4
     codes, held_out = _correlated_codes(n=n, k=k), _correlated_codes(1000, n, k, seed=5)
-    nll = {name: -float(build_sampler(name, n_vars=n, n_classes=k).fit(codes).log_prob(held_out).mean())
+    nll = {name: -float(build_sampler(name, n_vars=n, n_classes=k, **OPTIONS.get(name, {})).fit(codes)
+                        .log_prob(held_out).mean())
            for name in ("uniform", *DISCRETE_SAMPLERS)}
     assert nll["uniform"] == pytest.approx(n * math.log(k), rel=1e-5)
     assert nll["categorical"] < nll["uniform"]
@@ -169,7 +172,7 @@ def test_mixture_marginals_equal_code_frequencies():
 def test_discrete_sampler_state_roundtrip_weights_only(name):
     assert SAMPLERS.get(name).discrete
     codes = _correlated_codes(400)
-    s = build_sampler(name, n_vars=6, n_classes=4).fit(codes)
+    s = build_sampler(name, n_vars=6, n_classes=4, **OPTIONS.get(name, {})).fit(codes)
     buf = io.BytesIO()
     torch.save(s.state_dict(), buf)
     buf.seek(0)
@@ -302,3 +305,50 @@ def test_compare_rejects_bad_pairs(tmp_path, capsys):
     assert main(["compare", "--runs", f"{tmp_path}/a,{tmp_path}/b"]) == 2
     assert main(["compare", "--domain", "digits", "--dataset", "mnist", "--runs-dir", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# --- compare's estimators ------------------------------------------------------------------------------
+def _fake_side(n_vars: int, n_classes: int, discrete: bool = True):
+    from types import SimpleNamespace
+
+    from discrete_rae.compare import Side
+
+    run = SimpleNamespace(model=SimpleNamespace(n_vars=n_vars, n_classes=n_classes), train=SimpleNamespace(seed=0))
+    loaded = SimpleNamespace(model=SimpleNamespace(latent=SimpleNamespace(discrete=discrete)), run=run)
+    return Side("fake", loaded, None, torch.device("cpu"))
+
+
+def test_hamming_paths_change_one_variable_per_step():
+    from discrete_rae.compare import hamming_paths
+
+    n, k = 6, 4
+    codes = torch.nn.functional.one_hot(torch.randint(k, (10, n), generator=torch.Generator().manual_seed(0)), k)
+    codes = codes.float().view(10, n * k)
+    for path in hamming_paths(_fake_side(n, k), codes, 5):
+        idx = path.view(len(path), n, k).argmax(-1)
+        assert ((idx[1:] != idx[:-1]).sum(-1) == 1).all()
+        assert any(torch.equal(path[0], c) for c in codes) and any(torch.equal(path[-1], c) for c in codes)
+        assert len(path) - 1 == int((idx[0] != idx[-1]).sum())
+
+
+def test_categorical_mi_estimator_limits():
+    """Uniform encoder: I = 0. Near-deterministic encoder with distinct codes: I = log M."""
+    from discrete_rae.compare import _mc_mi_categorical
+
+    m, n, k = 40, 3, 5
+    uniform = torch.full((m, n, k), -math.log(k))
+    assert abs(_mc_mi_categorical(uniform, 4, 0)) < 1e-5
+    idx = torch.stack([torch.arange(m) % k, (torch.arange(m) // k) % k, torch.arange(m) // (k * k)], 1)
+    sharp = torch.log_softmax(torch.nn.functional.one_hot(idx, k).float() * 50.0, -1)
+    assert _mc_mi_categorical(sharp, 4, 0) == pytest.approx(math.log(m), abs=1e-3)
+
+
+def test_discrete_code_stats():
+    from discrete_rae.compare import discrete_code_stats
+
+    idx = torch.tensor([[0, 1, 2], [0, 1, 3], [0, 2, 0], [0, 2, 1]])
+    stats = discrete_code_stats(idx, 4)
+    assert stats["active_vars"] == 2  # variable 0 is constant
+    assert stats["entropy_min"] == 0.0 and stats["entropy_max"] == pytest.approx(math.log(4))
+    assert stats["unused_classes"] == pytest.approx((3 + 2 + 0) / 12)
+    assert stats["distinct_codes"] == 1.0

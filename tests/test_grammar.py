@@ -129,6 +129,16 @@ def test_builtin_equals_file_and_hash_ignores_comments(smiles: Grammar) -> None:
     assert changed.hash != smiles.hash
 
 
+def test_from_file_and_unknown_builtin(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.cfg"
+    path.write_text("# max_length: 9\n# joiner: \" \"\nS -> 'a' S | 'b'\nNothing -> None\n")
+    g = Grammar.from_file(path)
+    assert g.name == "tiny" and g.max_length == 9 and g.skip_whitespace
+    assert g.parse(" a a  b ") == [0, 0, 1] and g.unparse([0, 0, 1]) == "a a b"
+    with pytest.raises(GrammarError, match="no builtin grammar"):
+        Grammar.builtin("nope")
+
+
 def test_max_length_header_and_override() -> None:
     g = Grammar.builtin("smiles", max_length=50)
     assert g.max_length == 50
@@ -212,6 +222,8 @@ def test_tokenize(smiles: Grammar, expr: Grammar) -> None:
         smiles.tokenize("C1CC?C1")
     with pytest.raises(GrammarError, match="position 1"):
         smiles.tokenize("C C")  # no whitespace in SMILES
+    with pytest.raises(GrammarError, match=r"'y' at position 6"):
+        expr.tokenize("  x + y")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -610,20 +622,27 @@ def test_sampling_decoding_is_valid_and_reproducible(smiles: Grammar) -> None:
 
 
 def test_select_is_safe() -> None:
-    allowed = torch.tensor([[True, True, False], [False, True, True], [True, False, True], [False, False, True]])
+    allowed = torch.tensor(
+        [[True, True, False], [False, True, True], [True, False, True], [False, False, True], [False, True, True]]
+    )
+    nan, inf = float("nan"), float("inf")
     logits = torch.tensor(
         [
             [1.0, 2.0, 9.0],  # best allowed is 1
-            [float("nan"), float("nan"), 0.0],  # NaN never wins over a number
-            [float("-inf"), 5.0, float("-inf")],  # all allowed -inf: first allowed
-            [float("inf"), 0.0, 1.0],  # forbidden +inf ignored
+            [nan, nan, 0.0],  # NaN never wins over a number
+            [-inf, 5.0, -inf],  # all allowed -inf: first allowed
+            [inf, 0.0, 1.0],  # forbidden +inf ignored
+            [1.0, nan, nan],  # all allowed NaN: first allowed
         ]
     )
-    assert select(logits, allowed).tolist() == [1, 2, 0, 2]
+    assert select(logits, allowed).tolist() == [1, 2, 0, 2, 1]
     gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
+    seen = set()
+    for _ in range(40):
         pick = select(logits, allowed, greedy=False, temperature=0.5, generator=gen)
-        assert allowed[torch.arange(4), pick].all()
+        assert allowed[torch.arange(5), pick].all()
+        seen.add(int(pick[4]))
+    assert seen == {1, 2}  # uniform among the allowed rules when all are NaN
     hot = select(torch.tensor([[0.0, 50.0, 0.0]]).repeat(100, 1), torch.ones(100, 3, dtype=torch.bool), greedy=False)
     assert (hot == 1).all()
     with pytest.raises(ValueError):

@@ -161,6 +161,10 @@ def test_cli_smoke_run_writes_metrics_and_pictures_and_reloads(tmp_path, data_di
     recon = domain.decode(loaded.model, domain.encode(loaded.model, test, torch.device("cpu")), torch.device("cpu"))
     assert float((recon - test).pow(2).mean()) == pytest.approx(metrics["recon_mse"], rel=1e-5)
     assert set(loaded.samplers) >= {"prior", "gaussian", "gmm"}
+    # `sample` writes one image per line as grey levels.
+    assert main(["sample", "--run", str(run_dir), "--n", "5", "--sampler", "gaussian", "--quiet"]) == 0
+    lines = (run_dir / "samples-gaussian.txt").read_text().splitlines()
+    assert len(lines) == 5 and all(len(line.split()) == 64 for line in lines)
 
 
 def test_labels_are_aligned_with_the_splits(data_dir):
@@ -199,4 +203,31 @@ def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys, monkeypatch)
     assert main(argv + ["--inception"]) == 0  # finished runs with the same config are reused, not retrained
     assert (tmp_path / "image-table-digits" / "vae" / "checkpoint.pt").stat().st_mtime_ns == stamp
     out = capsys.readouterr().out
-    assert "| vae |" in out and "Inception FID skipped: pytorch_fid" in out
+    assert "| vae |" in out and "Inception FID skipped: pytorch_fid" in out and "Inception FID N(0,I)" not in out
+    # Where pytorch_fid and its cached weights exist, the Inception columns appear (a stand-in net here).
+    _fake_pytorch_fid(monkeypatch, tmp_path / "hub")
+    assert main(argv + ["--inception"]) == 0
+    header = capsys.readouterr().out.splitlines()[2]
+    assert "Inception FID N(0,I)" in header and "Inception FID GMM" in header
+
+
+def _fake_pytorch_fid(monkeypatch, hub: Path) -> None:
+    """A pytorch_fid.inception stand-in (mean colour as features) and a weights file in a fake hub."""
+    import types
+
+    class InceptionV3(torch.nn.Module):
+        BLOCK_INDEX_BY_DIM = {2048: 3}
+
+        def __init__(self, blocks):
+            super().__init__()
+
+        def forward(self, x):
+            return [torch.cat([x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)], 1)]
+
+    module = types.ModuleType("pytorch_fid.inception")
+    module.InceptionV3, module.FID_WEIGHTS_URL = InceptionV3, "https://example.invalid/pt_inception.pth"
+    monkeypatch.setitem(sys.modules, "pytorch_fid", types.ModuleType("pytorch_fid"))
+    monkeypatch.setitem(sys.modules, "pytorch_fid.inception", module)
+    (hub / "checkpoints").mkdir(parents=True)
+    (hub / "checkpoints" / "pt_inception.pth").write_bytes(b"stand-in")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))

@@ -1,7 +1,7 @@
 """Crash safety, exact resume, reproducibility, the non-finite guard and checkpoint integrity.
 
-The module fixture trains the expressions smoke model for 3 epochs in three subprocesses at
-once (deterministic settings: one thread, ``torch.use_deterministic_algorithms``): two
+The module fixture trains the expressions smoke VAE (noise in every step) for 3 epochs in
+three subprocesses at once (deterministic settings: one thread, ``torch.use_deterministic_algorithms``): two
 uninterrupted runs A and B with the same seed, and a run C that is SIGKILLed in the middle of
 epoch 2 (after its first checkpoint) and then resumed with ``--resume``.
 """
@@ -29,6 +29,7 @@ from conftest import smoke_run
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
+MODEL = "grammar_vae"  # stochastic encoder: exactness needs the RNG states too
 TIMEOUT = 240.0
 
 # Runs train.py's entry point with deterministic settings; optionally slows every step down
@@ -63,7 +64,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _launch(root: Path, name: str, *extra: str, **env: str) -> subprocess.Popen:
-    argv = ["--domain", "expressions", "--model", "grammar_rae", "--preset", "smoke", "--epochs", str(EPOCHS),
+    argv = ["--domain", "expressions", "--model", MODEL, "--preset", "smoke", "--epochs", str(EPOCHS),
             "--runs-dir", str(root), "--run-name", name, "--data-dir", str(root / "data"), "--device", "cpu",
             "-q", *extra]
     log = open(root / f"{name}.out", "ab")
@@ -161,8 +162,8 @@ def test_run_json_records_versions_and_hashes(runs):
     assert versions["rdkit"] == rdkit.__version__ and versions["nltk"] == nltk.__version__
     assert info[0]["grammar_hash"] == Grammar.builtin("expressions").hash
     assert len(info[0]["data_hash"]) == 64 and info[0]["data_hash"] == info[1]["data_hash"]
-    same = smoke_run("expressions", "grammar_rae", data={"data_dir": str(runs["root"] / "data")})
-    other = smoke_run("expressions", "grammar_rae", data={"data_dir": str(runs["root"] / "data")}, train={"seed": 1})
+    same = smoke_run("expressions", MODEL, data={"data_dir": str(runs["root"] / "data")})
+    other = smoke_run("expressions", MODEL, data={"data_dir": str(runs["root"] / "data")}, train={"seed": 1})
     hashes = [DOMAINS.get("expressions").prepare(r, progress=False).info["data_hash"] for r in (same, other)]
     assert hashes[0] == info[0]["data_hash"] != hashes[1]  # the hash identifies the data
 
@@ -416,3 +417,17 @@ def test_auto_named_run_directories_are_claimed_not_reused(tmp_path):
     assert first.name == "grammar_rae-expressions-2" and second.name == "grammar_rae-expressions-3"
     assert first.is_dir() and second.is_dir()  # claimed at once, so no other run can take them
     assert (tmp_path / "grammar_rae-expressions" / "keep.txt").read_text() == "x"
+
+
+# --- GPU-path flags on the CPU --------------------------------------------------------------------
+@pytest.mark.slow
+def test_compile_flag_trains_like_eager(tmp_path, capsys, one_thread):
+    """``--compile true`` goes through torch.compile (inductor needs a C compiler; minutes on a
+    loaded CPU, hence slow) and gives the eager losses up to rounding."""
+    assert _train_in_process(tmp_path, "eager") == 0
+    assert _train_in_process(tmp_path, "compiled", "--compile", "true") == 0
+    eager, compiled = _epochs_logged(tmp_path / "eager"), _epochs_logged(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 1
+    for split in ("train", "val"):
+        assert compiled[0][split]["loss"] == pytest.approx(eager[0][split]["loss"], rel=1e-4)
+    assert load_checkpoint(tmp_path / "compiled" / "checkpoint.pt")["config"]["train"]["compile"] is True

@@ -243,6 +243,7 @@ def encode_cached(
         lengths = np.asarray(result.lengths).astype(len_dtype, copy=False)
         ok_index = np.asarray(result.ok_index, dtype=np.int64)
         failures = [(int(i), t, str(r)) for i, t, r in result.failures]
+        del result  # its flat ids may be a second copy; keep only ours
         from_cache = False
         logger.info(
             "parsed %d strings with grammar %s: %d ok, %d failed, %.1fs",

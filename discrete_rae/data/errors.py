@@ -53,6 +53,7 @@ class LoadReport:
             are kept).
         kept: records returned.
         duplicates: valid records dropped because an equal (canonical) one was kept.
+        changed: kept records whose canonical form differs from the input string.
         rejected: count of rejected records per reason.
         examples: up to :data:`MAX_EXAMPLES` examples per reason
             (``"line 12: 'C1CC'"``).
@@ -68,6 +69,7 @@ class LoadReport:
     examined: int = 0
     kept: int = 0
     duplicates: int = 0
+    changed: int = 0
     rejected: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     lengths: dict[int, int] = field(default_factory=dict)
@@ -92,6 +94,8 @@ class LoadReport:
             parts.append(f"{self.examined:,} examined")
         parts.append(f"{self.kept:,} kept")
         parts.append(f"{self.duplicates:,} duplicates")
+        if self.changed:
+            parts.append(f"{self.changed:,} rewritten to canonical form")
         rej = f"{self.n_rejected:,} rejected"
         if self.rejected:
             rej += " (" + ", ".join(f"{r} {c:,}" for r, c in self.rejected.most_common()) + ")"
@@ -125,6 +129,7 @@ class LoadReport:
             "examined": self.examined,
             "kept": self.kept,
             "duplicates": self.duplicates,
+            "changed": self.changed,
             "rejected": dict(self.rejected),
             "examples": {k: list(v) for k, v in self.examples.items()},
             "lengths": {str(k): v for k, v in sorted(self.lengths.items())},

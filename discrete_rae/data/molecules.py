@@ -34,6 +34,11 @@ kept (so the result depends only on the file, ``n`` and ``seed``; not on the num
 of worker processes). Without ``n`` (or when ``n`` covers the file) the file order
 is kept.
 
+Loads of files of 1 MB or more are cached in ``<data_dir>/cache/mol-<key>.txt.gz``
+(molecules) + ``.json`` (report), keyed by the file's sha256, column, ``n``, ``seed``,
+``canonicalize`` and the RDKit version, so that a second run skips RDKit
+(``cache=`` controls it).
+
 The data directory (downloads, caches) is ``$DISCRETE_RAE_DATA`` or else
 ``./datasets`` relative to the working directory (:func:`default_data_dir`).
 """
@@ -46,6 +51,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import math
 import multiprocessing
@@ -54,6 +60,7 @@ import sys
 import tempfile
 import zlib
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -99,6 +106,8 @@ ZINC250K_MD5 = "b59078b2b04c6e9431280e3dc42048d5"
 SMILES_HEADERS = ("smiles", "smi", "canonical_smiles", "isomeric_smiles")
 
 _AUTO_WORKERS_MIN_RECORDS = 20_000  # workers=None: use processes from this many records on
+_CACHE_MIN_BYTES = 1 << 20  # cache=None: cache loads of files at least this large
+_LOAD_CACHE_VERSION = 1
 _BINARY_PROBE_BYTES = 1 << 16
 
 
@@ -653,6 +662,8 @@ def _process(
                     else:
                         if smi == texts[i]:
                             smi = texts[i]  # share the input's string object (saves memory)
+                        else:
+                            report.changed += 1
                         seen.add(smi)
                         kept.append(smi)
                         if target is not None:
@@ -715,6 +726,7 @@ def load_molecules(
     progress: bool = True,
     workers: int | None = None,
     canonicalize: bool = True,
+    cache: bool | None = None,
 ) -> MoleculeData:
     """Load, validate, canonicalise and deduplicate molecules.
 
@@ -733,6 +745,11 @@ def load_molecules(
             records or more, else 1.
         canonicalize: if False, records are only stripped and deduplicated (no
             RDKit): for files already in canonical form (e.g. MOSES), much faster.
+        cache: keep the result in ``<data_dir>/cache/mol-<key>.txt.gz`` (+ ``.json``
+            with the report) and reuse it when the same file (by sha256) is loaded
+            with the same column, n, seed, canonicalize and RDKit version. ``None``
+            (default): only for files of 1 MB or more, where canonicalising costs
+            seconds to minutes (full MOSES: about 220 CPU seconds).
 
     Returns:
         :class:`MoleculeData`; fewer than ``n`` molecules (with a warning) when the
@@ -749,8 +766,18 @@ def load_molecules(
         column = opts.get("column")
     report = LoadReport(source=label, path=str(path))
     report.sha256 = _sha256_file(path)
+    if cache is None:
+        cache = path.stat().st_size >= _CACHE_MIN_BYTES
+    cache_file = None
+    if cache:
+        cache_file = _load_cache_path(data_dir, report.sha256, column, n, seed, canonicalize)
+        hit = _read_load_cache(cache_file, report)
+        if hit is not None:
+            logger.info("%s: %d molecules loaded from cache %s", label, len(hit), cache_file)
+            return MoleculeData(hit, report)
     records = _read_records(path, label, column, report)
     kept = _process(records, report, n, seed, workers, progress, canonicalize, label)
+    del records
     report.kept = len(kept)
     if not canonicalize:
         report.notes.append("not canonicalised (canonicalize=False): strings as in the file")
@@ -764,7 +791,76 @@ def load_molecules(
     if report.n_rejected:
         logger.info("%s: %d records rejected: %s", label, report.n_rejected, dict(report.rejected))
     logger.info("%s: %s", label, report.counts_line())
+    if cache_file is not None:
+        _write_load_cache(cache_file, kept, report)
     return MoleculeData(kept, report)
+
+
+def _load_cache_path(
+    data_dir: Path | None, file_sha256: str, column: Any, n: int | None, seed: int, canonicalize: bool
+) -> Path:
+    """Cache file of a load: keyed by everything the result depends on."""
+    from rdkit import rdBase
+
+    material = json.dumps(
+        {
+            "version": _LOAD_CACHE_VERSION,
+            "file_sha256": file_sha256,
+            "column": column,
+            "n": n,
+            "seed": seed,
+            "canonicalize": canonicalize,
+            "rdkit": rdBase.rdkitVersion if canonicalize else None,
+            "max_line_chars": MAX_LINE_CHARS,
+        },
+        sort_keys=True,
+    )
+    key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
+    return Path(data_dir or default_data_dir()) / "cache" / f"mol-{key}.txt.gz"
+
+
+def _read_load_cache(cache_file: Path, report: LoadReport) -> list[str] | None:
+    """Molecules of a cached load (and restore ``report``), or None when absent / damaged."""
+    meta_file = cache_file.with_name(cache_file.name[: -len(".txt.gz")] + ".json")
+    if not (cache_file.is_file() and meta_file.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        with gzip.open(cache_file, "rt", encoding="utf-8") as fh:
+            smiles = fh.read().split("\n")
+        if smiles and smiles[-1] == "":
+            smiles.pop()
+        if len(smiles) != meta["kept"] or meta.get("sha256") != report.sha256:
+            raise ValueError("counts or checksum do not match")
+    except Exception as exc:  # noqa: BLE001 - any damage: load from the source again
+        logger.warning("load cache %s is unreadable (%s); reading the source again", cache_file, exc)
+        return None
+    report.records, report.blank, report.examined = meta["records"], meta["blank"], meta["examined"]
+    report.kept, report.duplicates, report.changed = meta["kept"], meta["duplicates"], meta.get("changed", 0)
+    report.rejected = Counter(meta["rejected"])
+    report.examples = {k: list(v) for k, v in meta["examples"].items()}
+    report.notes = list(meta["notes"]) + [f"loaded from cache {cache_file.name}"]
+    return smiles
+
+
+def _write_load_cache(cache_file: Path, smiles: list[str], report: LoadReport) -> None:
+    """Store a load's molecules + report (atomically; failures only logged)."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        payload = gzip.compress(("\n".join(smiles) + "\n").encode("utf-8"), compresslevel=1)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix="." + cache_file.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, cache_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        meta_file = cache_file.with_name(cache_file.name[: -len(".txt.gz")] + ".json")
+        _write_text_atomic(meta_file, json.dumps(report.to_dict(), indent=1) + "\n")
+    except OSError as exc:
+        logger.warning("could not write the load cache %s: %s", cache_file, exc)
 
 
 def moses_split(
@@ -775,11 +871,12 @@ def moses_split(
     progress: bool = True,
     workers: int | None = None,
     canonicalize: bool = True,
+    cache: bool | None = None,
 ) -> MoleculeData:
     """One MOSES split (``"train"``, ``"test"``, ``"test_scaffolds"``); see :func:`load_molecules`."""
     if split not in MOSES_SPLITS:
         raise DataError(f"moses: unknown split {split!r}; choose one of {', '.join(MOSES_SPLITS)}")
     return load_molecules(
         f"moses:{split}", n=n, seed=seed, data_dir=data_dir, progress=progress, workers=workers,
-        canonicalize=canonicalize,
+        canonicalize=canonicalize, cache=cache,
     )

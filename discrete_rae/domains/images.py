@@ -12,7 +12,7 @@ Data sets (``--dataset``):
 Splits: ``digits`` has no official test set, so a seeded random split of all images gives
 test (``n_test``, at most a fifth), validation (``val_fraction`` of the rest) and train. The
 torchvision sets split their official training part into train/validation and take the test
-split from their official test part (a seeded subset of ``n_test`` images). ``n_train``
+split from their official test part (a seeded subset of ``n_test`` images, 0 = all). ``n_train``
 (when > 0) caps the training split.
 
 Labels (for probes and embedding plots): ``Prepared.labels["class"]`` [N_train] int64, with
@@ -370,7 +370,8 @@ class ImageDomain(Domain):
         except Exception as err:  # noqa: BLE001
             log.warning("could not draw the image pictures: %s", err)
 
-    def _interp_grid(self, model: Any, codes: Tensor, pairs: Tensor, device: torch.device, steps: int = 8) -> np.ndarray:
+    def _interp_grid(self, model: Any, codes: Tensor, pairs: Tensor, device: torch.device,
+                     steps: int = 8) -> np.ndarray:
         """Rows of decoded (1 - t) z_i + t z_j, t = 0..1 in ``steps`` steps, for 8 pairs."""
         t = torch.linspace(0, 1, steps)[None, :, None]
         z = (1 - t) * codes[pairs[:8, 0], None] + t * codes[pairs[:8, 1], None]  # [8, steps, D]

@@ -15,7 +15,7 @@ space of ``feat_dim`` dimensions:
 
 These numbers rank models on the same data set and feature net; they are NOT comparable to
 Inception FIDs in papers (different features, dimension and sample sizes). An Inception FID is
-available through :func:`inception_fid` only where ``pytorch_fid`` imports and its weights are
+available through :class:`InceptionFeatures` only where ``pytorch_fid`` imports and its weights are
 already in the torch hub cache; otherwise it reports why it was skipped.
 """
 
@@ -202,25 +202,22 @@ def inception_status() -> tuple[bool, str]:
     return True, str(weights)
 
 
-@torch.no_grad()
-def inception_fid(real: Tensor, fake: Tensor, device: torch.device, batch: int = 100) -> tuple[float | None, str]:
-    """Inception FID of images [N, C, H, W] in [0, 1] (grey images repeated to RGB).
+class InceptionFeatures:
+    """2048-d pool features of the FID Inception net (pytorch_fid); build only where
+    :func:`inception_status` says it is available. Grey images are repeated to RGB."""
 
-    Returns (fid, "") or (None, why it was skipped).
-    """
-    ok, info = inception_status()
-    if not ok:
-        return None, info
-    from pytorch_fid.inception import InceptionV3
+    def __init__(self, device: torch.device) -> None:
+        from pytorch_fid.inception import InceptionV3
 
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+        self.device = device
+        self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
 
-    def feats(images: Tensor) -> np.ndarray:
+    @torch.no_grad()
+    def __call__(self, images: Tensor, batch: int = 100) -> np.ndarray:
+        """images [N, C, H, W] in [0, 1] (or uint8) -> features [N, 2048] float64."""
         out = []
         for b in images.split(batch):
-            b = as_float_images(b).to(device)
+            b = as_float_images(b).to(self.device)
             b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
-            out.append(net(b)[0].flatten(1).double().cpu())
+            out.append(self.net(b)[0].flatten(1).double().cpu())
         return torch.cat(out).numpy()
-
-    return frechet(feats(real), feats(fake)), ""

@@ -12,9 +12,19 @@ The three registered models differ only in these config values (``_GUMBEL``, ``_
   training, KL to the uniform prior with weight beta = 1), no decoder regulariser; samples
   from the uniform prior (``uniform``), as in Jang et al. 2017.
 - ``discrete_rae``: latent ``categorical`` (deterministic argmax one-hot, straight-through
-  gradient), decoder regulariser ``_DRAE_REG`` (chosen by measurement, see the note below),
-  a small logit penalty (beta); samples from an ex-post density over the codes.
+  gradient), decoder regulariser L2 (decoder-only weight decay 1e-2), the small logit penalty
+  beta = 1e-3 (latents_discrete.py); samples from an ex-post mixture of categoricals
+  (``cat_mixture``, k = 30).
 - ``discrete_ae``: the same deterministic code with no regulariser at all (beta 0, ``none``).
+
+Why L2 (digits, quick image preset with channels (32, 64), 40 epochs, training seed 0;
+Fréchet distance in the digits classifier's features of 1,000 ``cat_mixture`` samples, mean of
+3 sampling seeds; test -log p(x|code) in nats): L2 1e-2 + beta 1e-3: FID 9.9, rec 29.7;
+GP 1e-3: 13.0, 29.1; none + beta 0 (``discrete_ae``): 11.8, 29.6; L2 1e-2 + beta 0: 11.7, 29.2;
+L2 1e-1: 14.1, 28.8; SN: 29.1, 29.8 (SN also blurs reconstructions: reconstruction FID 9.3
+against about 1 for the others). L2 1e-2 with the logit penalty had the best sample quality at
+equal reconstruction; the gaps between L2, GP and no regulariser are within the spread of one
+training seed (a few FID points), SN is clearly worse.
 
 Importing this module also registers the ``gumbel`` / ``categorical`` latents, the discrete
 samplers and the ``compare`` command.
@@ -45,8 +55,7 @@ except ModuleNotFoundError as err:  # pragma: no cover - depends on which famili
     log.debug("image family not available: %s", err)
 else:
     CONFIGS["images"] = ImageModelConfig
-    for _kind in ("pixels", "image", "images"):
-        NETWORKS[_kind] = build_image_model
+    NETWORKS["pixels"] = build_image_model
 
 
 def build_discrete_model(cfg: Any, codec: Any) -> Any:
@@ -61,18 +70,16 @@ def build_discrete_model(cfg: Any, codec: Any) -> Any:
 _COMMON = dict(n_vars=30, n_classes=10, tau=1.0, tau_min=0.5, tau_rate=1e-4, tau_every=100)
 _GUMBEL = dict(_COMMON, latent="gumbel", beta=1.0, kl_anneal_steps=0, straight_through=False,
                decoder_reg="none", reg_weight=0.0)
-# Discrete RAE regulariser: chosen by measurement on digits (see docs in compare report / issue #5).
-_DRAE_REG = ("l2", 1e-2)
-_DRAE = dict(_COMMON, latent="categorical", categorical_mode="argmax", beta=1e-3,
-             decoder_reg=_DRAE_REG[0], reg_weight=_DRAE_REG[1])
+# Discrete RAE: decoder regulariser chosen by measurement (module docstring).
+_DRAE = dict(_COMMON, latent="categorical", categorical_mode="argmax", beta=1e-3, decoder_reg="l2", reg_weight=1e-2)
 _DAE = dict(_COMMON, latent="categorical", categorical_mode="argmax", beta=0.0, decoder_reg="none", reg_weight=0.0)
 
 
 def _configs(values: dict[str, Any]) -> dict[str, Any]:
-    """One default config per domain: the domain family's config class with ``values``."""
-    extra = {"sequence": {"codec": "grammar"}}
-    return {domain: cls(**values, **(extra["sequence"] if cls is SequenceModelConfig else {}))
-            for domain, cls in CONFIGS.items()}
+    """One default config per domain: the domain family's config class with ``values``
+    (sequence models read production rules: the grammar codec)."""
+    family = {SequenceModelConfig: {"codec": "grammar"}}
+    return {domain: cls(**values, **family.get(cls, {})) for domain, cls in CONFIGS.items()}
 
 
 _DOMAINS = tuple(CONFIGS)
@@ -82,8 +89,8 @@ register_model(ModelSpec(
     _configs(_GUMBEL), build_discrete_model, _DOMAINS, "uniform", family="discrete"))
 register_model(ModelSpec(
     "discrete_rae", "discrete RAE: deterministic argmax code (straight-through), regularised decoder, "
-    "ex-post autoregressive prior", _configs(_DRAE), build_discrete_model, _DOMAINS, "autoregressive",
+    "ex-post mixture of categoricals", _configs(_DRAE), build_discrete_model, _DOMAINS, "cat_mixture",
     family="discrete"))
 register_model(ModelSpec(
     "discrete_ae", "discrete AE control: deterministic argmax code, no regulariser, ex-post sampling",
-    _configs(_DAE), build_discrete_model, _DOMAINS, "autoregressive", family="discrete"))
+    _configs(_DAE), build_discrete_model, _DOMAINS, "cat_mixture", family="discrete"))

@@ -1,0 +1,70 @@
+"""Worker of tests/test_ddp.py (not a test module).
+
+``torchrun --standalone --nproc_per_node=N tests/ddp_worker.py OUT DATA_DIR BATCH`` trains the
+expressions smoke model for two epochs on every rank (gloo, CPU) and saves each rank's final
+weights and epoch history to ``OUT/rank{r}.pt``. :func:`train_once` is also called in-process
+by the test for the single-process reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
+from discrete_rae.pipeline import build_model
+from discrete_rae.presets import get_preset
+from discrete_rae.registry import DOMAINS, MODELS, load_all
+from discrete_rae.trainer import DistInfo, Trainer
+
+EPOCHS = 2
+N_TRAIN = 360  # divisible by the world size, so DDP and one process see the same global batches
+
+
+def smoke_config(data_dir: str, batch_size: int) -> RunConfig:
+    """The expressions smoke run (GRU encoder) with ``batch_size`` per process."""
+    load_all()
+    spec, preset = MODELS.get("grammar_rae"), get_preset("expressions", "smoke")
+    sections: dict[str, Any] = {"model": spec.config_for("expressions"), "train": TrainConfig(),
+                                "data": DataConfig(), "eval": EvalConfig()}
+    for name in sections:
+        sections[name] = replace(sections[name], preset.get(name, {}))
+    sections["train"] = replace(sections["train"], {"epochs": EPOCHS, "batch_size": batch_size})
+    # the GRU encoder has no BatchNorm: gloo has no SyncBatchNorm, so a BatchNorm would see the
+    # per-process batch and the run could not equal one process with the global batch
+    sections["model"] = replace(sections["model"], {"encoder": "gru"})
+    sections["data"] = replace(sections["data"], {"data_dir": data_dir})
+    return RunConfig(domain="expressions", model_name="grammar_rae", preset="smoke", **sections)
+
+
+def train_once(data_dir: str, batch_size: int, dist: DistInfo | None = None) -> dict[str, Any]:
+    """Train on the first N_TRAIN training examples; the final weights and the epoch history."""
+    run = smoke_config(data_dir, batch_size)
+    prepared = DOMAINS.get("expressions").prepare(run, progress=False)
+    torch.manual_seed(run.train.seed)
+    model = build_model(run, prepared.codec)
+    trainer = Trainer(model, run.train, None, torch.device("cpu"), dist=dist, progress=False)
+    state = trainer.fit(prepared.train[:N_TRAIN], prepared.val)
+    return {"model_state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "history": state.history}
+
+
+def main(out: str, data_dir: str, batch_size: int) -> int:
+    from discrete_rae.distributed import setup_distributed
+
+    torch.set_num_threads(1)
+    dist = setup_distributed(torch.device("cpu"))
+    try:
+        result = train_once(data_dir, batch_size, dist.info)
+        result["world_size"] = dist.world_size
+        torch.save(result, Path(out) / f"rank{dist.info.rank}.pt")
+    finally:
+        dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
