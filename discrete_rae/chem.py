@@ -251,5 +251,5 @@ def draw_grid(
     elif hasattr(image, "save"):
         image.save(path, format="PNG")
     else:  # IPython display object wrapping PNG bytes
-        path.write_bytes(getattr(image, "data"))
+        path.write_bytes(image.data)
     return len(mols)

@@ -408,6 +408,18 @@ class ImageView:
 
         save_panels([(t, image_grid(o[:64])) for t, o in panels], path)
 
+    def sample_pictures(self, sides: list[Side]) -> list[tuple[str, Callable[[Path], Any]]]:
+        """samples.png: real test images next to each model's best sampler; one PNG per model
+        with every sampler."""
+        panels = [("real (test)", self.real(sides[0], 64))]
+        panels += [(f"{s.label} ({s.results['best_sampler']})", s.shown["samples"][s.results["best_sampler"]])
+                   for s in sides]
+        out: list[tuple[str, Callable[[Path], Any]]] = [("samples.png", lambda p: self.draw_samples(panels, p))]
+        for s in sides:
+            per = sorted(s.shown["samples"].items())
+            out.append((f"samplers-{_slug(s.label)}.png", lambda p, per=per: self.draw_samples(per, p)))
+        return out
+
     def draw_paths(self, sides: list[Side], path: Path) -> None:
         from .domains.images import image_grid, save_panels
 
@@ -460,16 +472,15 @@ class SequenceView:
     def valid(self, side: Side, outputs: list[str | None]) -> list[bool]:
         return [s is not None and side.domain.canonical(s) is not None for s in outputs]
 
-    def draw_samples(self, panels: list[tuple[str, Any]], path: Path) -> None:
-        pass  # sequences: sample grids are drawn per model by the domain (see draw_model_samples)
-
-    def draw_model_samples(self, side: Side, outputs: list[str | None], path: Path) -> bool:
-        try:
-            side.domain.render(outputs, path)
-            return path.is_file()
-        except Exception as err:  # noqa: BLE001 - a picture must never cost the report
-            log.warning("could not draw %s: %s", path.name, err)
-            return False
+    def sample_pictures(self, sides: list[Side]) -> list[tuple[str, Callable[[Path], Any]]]:
+        """The domain's own picture (molecule grid, expression plots) of the real test strings
+        and of each model's best-sampler samples."""
+        out: list[tuple[str, Callable[[Path], Any]]] = [
+            ("samples-real.png", lambda p: sides[0].domain.render(self.real(sides[0], 64), p))]
+        for s in sides:
+            best = s.shown["samples"][s.results["best_sampler"]]
+            out.append((f"samples-{_slug(s.label)}.png", lambda p, s=s, best=best: s.domain.render(best, p)))
+        return out
 
     def path_outputs(self, side: Side, paths: list[Tensor], bins: int = 11) -> dict[str, Any]:
         """Validity along the paths, by relative position t in [0, 1] (bins of 0.1)."""
@@ -595,20 +606,25 @@ def hamming_paths(side: Side, codes: Tensor, n_paths: int) -> list[Tensor]:
 
 # --- one side end to end --------------------------------------------------------------------------
 def evaluate_side(side: Side, settings: EvalSettings) -> None:
-    """Fill ``side.results`` with every figure of the report."""
+    """Fill ``side.results`` with every figure of the report (timed by part)."""
     view = VIEWS[side.run.domain]
-    t0 = time.monotonic()
-    n_eval = settings.n_eval or len(side.prepared.test)
-    x = side.prepared.test[:n_eval]
-    r = side.results
-    r["n_eval"], r["n_samples"] = len(x), settings.n_samples or side.run.eval.n_samples
-    nll = reconstruction_nll(side.model, x, side.device)
-    r["recon_nats"], r["recon_bits"] = float(nll.mean()), float(nll.mean()) / math.log(2)
-    r.update(view.reconstruction(side, x))
-    r.update(bounds(side, x, settings.iw_k))
-    r["timing_recon_s"] = round(time.monotonic() - t0, 1)
+    x = side.prepared.test[: settings.n_eval or len(side.prepared.test)]
+    side.results.update(n_eval=len(x), n_samples=settings.n_samples or side.run.eval.n_samples)
+    for part, fn in (("recon", _reconstruction_part), ("codes", _codes_part), ("samples", _samples_part)):
+        t0 = time.monotonic()
+        fn(side, view, x, settings)
+        side.results[f"timing_{part}_s"] = round(time.monotonic() - t0, 1)
 
-    t1 = time.monotonic()
+
+def _reconstruction_part(side: Side, view: Any, x: Tensor, settings: EvalSettings) -> None:
+    nll = reconstruction_nll(side.model, x, side.device)
+    side.results.update(recon_nats=float(nll.mean()), recon_bits=float(nll.mean()) / math.log(2))
+    side.results.update(view.reconstruction(side, x))
+    side.results.update(bounds(side, x, settings.iw_k))
+
+
+def _codes_part(side: Side, view: Any, x: Tensor, settings: EvalSettings) -> None:
+    r = side.results
     train_codes = side.domain.encode(side.model, side.prepared.train, side.device)
     test_codes = side.domain.encode(side.model, x, side.device)
     side.shown.update(train_codes=train_codes, test_codes=test_codes)
@@ -616,11 +632,12 @@ def evaluate_side(side: Side, settings: EvalSettings) -> None:
                   else continuous_code_stats(train_codes))
     r["mi"] = mutual_information(side, x, settings.mi_samples)
     n_probe = min(settings.probe_train, len(train_codes))
-    r["probe"] = linear_probe(train_codes[:n_probe], test_codes,
-                              probe_labels(side, n_probe, len(test_codes)), side.run.train.seed)
-    r["timing_codes_s"] = round(time.monotonic() - t1, 1)
+    r["probe"] = linear_probe(train_codes[:n_probe], test_codes, probe_labels(side, n_probe, len(test_codes)),
+                              side.run.train.seed)
 
-    t2 = time.monotonic()
+
+def _samples_part(side: Side, view: Any, x: Tensor, settings: EvalSettings) -> None:
+    r, test_codes = side.results, side.shown["test_codes"]
     r["samplers"] = sample_quality(side, view, r["n_samples"])
     r["default_sampler"] = _default_sampler(side)
     r["best_sampler"] = best_sampler(r["samplers"], view.quality_key, view.better)
@@ -628,7 +645,6 @@ def evaluate_side(side: Side, settings: EvalSettings) -> None:
     r["perturbed"] = perturbation_quality(side, view, test_codes)
     r["paths"] = view.path_outputs(side, hamming_paths(side, test_codes, settings.n_paths))
     r["path_lengths"] = side.shown.get("path_lengths", [])
-    r["timing_samples_s"] = round(time.monotonic() - t2, 1)
 
 
 def _default_sampler(side: Side) -> str:
@@ -675,19 +691,8 @@ def draw_pictures(sides: list[Side], out_dir: Path) -> list[str]:
         except Exception as err:  # noqa: BLE001 - a picture must never cost the report
             log.warning("could not draw %s: %s", name, err)
 
-    if isinstance(view, ImageView):
-        panels = [("real (test)", view.real(sides[0], 64))]
-        panels += [(f"{s.label} ({s.results['best_sampler']})", s.shown["samples"][s.results["best_sampler"]])
-                   for s in sides]
-        attempt("samples.png", lambda p: view.draw_samples(panels, p))
-        for s in sides:
-            per = [(name, outs) for name, outs in sorted(s.shown["samples"].items())]
-            attempt(f"samplers-{_slug(s.label)}.png", lambda p, per=per: view.draw_samples(per, p))
-    else:
-        for s in sides:
-            best = s.results["best_sampler"]
-            attempt(f"samples-{_slug(s.label)}.png", lambda p, s=s, best=best: view.draw_model_samples(
-                s, s.shown["samples"][best], p))
+    for name, draw in view.sample_pictures(sides):
+        attempt(name, draw)
     attempt("embedding.png", lambda p: embedding_plot(sides, p))
     attempt("paths.png", lambda p: view.draw_paths(sides, p))
     return written
@@ -891,6 +896,8 @@ def _samples_section(sides: list[Side], view: Any, pictures: list[str]) -> list[
     lines = ["## Samples", ""]
     if "samples.png" in pictures:
         lines += ["Real test data next to each model's best sampler:", "", "![samples](samples.png)", ""]
+    if "samples-real.png" in pictures:
+        lines += ["real (test): ![samples-real.png](samples-real.png)", ""]
     for s in sides:
         for name in (f"samplers-{_slug(s.label)}.png", f"samples-{_slug(s.label)}.png"):
             if name in pictures:

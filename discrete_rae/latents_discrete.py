@@ -16,7 +16,10 @@ always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluatio
     No noise and no KL. ``categorical_mode="argmax"``: z_n = one_hot(argmax l_n) forward,
     gradient of s_n = softmax(l_n / tau) backward (straight-through). ``"softmax"``: z_n = s_n
     in training (a tempered, deterministic relaxation) and the one-hot at evaluation, so that
-    reconstruction is measured on the same kind of code the ex-post samplers produce.
+    reconstruction is measured on the same kind of code the ex-post samplers produce. Measured
+    on digits (40 epochs), ``softmax`` reconstructs far worse from one-hot codes than ``argmax``
+    (119.6 against 29.7 nats per image): its decoder never sees a one-hot code in training.
+    ``argmax`` is the default.
     The decoder is regularised by the shared regularisers (L2 / GP w.r.t. the relaxed code z /
     SN). Latent penalty (our definition, the analogue of the RAE's beta/2 ||z||^2, whose value
     is the constant N for one-hot codes): beta * 1/2 * sum_{n,k} (l_nk - mean_k l_nk)^2, mean

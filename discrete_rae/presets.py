@@ -19,8 +19,8 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "eval": {"n_samples": 30, "gmm_k": 2},
         },
         "quick": {
-            "model": {"enc_hidden": 256, "latent_dim": 56, "dec_hidden": 384, "dec_layers": 1, "embed_dim": 64},
-            "train": {"epochs": 100, "batch_size": 128, "lr": 2e-3, "max_minutes": 7.0},
+            "model": {"enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256, "dec_layers": 1, "embed_dim": 32},
+            "train": {"epochs": 100, "batch_size": 64, "lr": 2e-3, "max_minutes": 7.0},
             "data": {"dataset": "moses", "n_train": 40000, "n_test": 1000},
             "eval": {"n_samples": 1000},
         },

@@ -79,7 +79,9 @@ def test_property_helpers_known_values() -> None:
     assert 1.0 <= easy < 3.0 and easy < hard <= 10.0
 
 
-@pytest.mark.parametrize("fn", [chem.logp, chem.sa_score, chem.qed, chem.mol_weight, chem.cycle_score, chem.penalized_logp])
+@pytest.mark.parametrize(
+    "fn", [chem.logp, chem.sa_score, chem.qed, chem.mol_weight, chem.cycle_score, chem.penalized_logp]
+)
 def test_property_helpers_return_none_for_invalid(fn) -> None:  # noqa: ANN001
     assert fn("C1CC") is None
 

@@ -195,7 +195,12 @@ def test_mnist_without_torchvision_is_a_clear_one_line_error(monkeypatch, tmp_pa
 def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys, monkeypatch):
     argv = ["image-table", "--dataset", "digits", "--preset", "smoke", "--models", "vae,rae_gp",
             "--runs-dir", str(tmp_path), "--data-dir", str(data_dir), "--quiet"]
-    assert main(argv) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv + ["--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     table = (tmp_path / "image-table-digits" / "table.md").read_text()
     assert "| vae |" in table and "| rae_gp |" in table and "Fréchet GMM" in table
     stamp = (tmp_path / "image-table-digits" / "vae" / "checkpoint.pt").stat().st_mtime_ns

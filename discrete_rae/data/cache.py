@@ -207,7 +207,7 @@ def encode_cached(
     key = cache_key(grammar.hash, t_hash)
     ids_dtype = _ids_dtype(grammar.n_rules)
     len_dtype = _lengths_dtype(grammar.max_length)
-    if width is not None and not isinstance(width, int) and width != "longest":
+    if width is not None and not isinstance(width, (int, np.integer)) and width != "longest":
         raise ValueError(f"width must be None, an int or 'longest', got {width!r}")
     meta_expected = {
         "version": CACHE_VERSION,

@@ -189,11 +189,16 @@ def _default_references() -> dict[str, dict[str, Any]]:
         logger.warning("MOSES reference statistics not found, so FCD/SNN/Frag/Scaf/physchem are skipped; %s",
                        moses_data.MOSES_INSTALL_HINT)
         return {}
-    return {"Test": moses_data.moses_reference_stats("test"), "TestSF": moses_data.moses_reference_stats("test_scaffolds")}
+    return {
+        "Test": moses_data.moses_reference_stats("test"),
+        "TestSF": moses_data.moses_reference_stats("test_scaffolds"),
+    }
 
 
 # --- the MOSES suite ----------------------------------------------------------------------------------
-def _canonical_train(train: Iterable[str] | None, n_jobs: int, progress: bool, train_is_canonical: bool) -> frozenset[str] | None:
+def _canonical_train(
+    train: Iterable[str] | None, n_jobs: int, progress: bool, train_is_canonical: bool
+) -> frozenset[str] | None:
     if train is None:
         if moses_data.moses_data_dir() is None:
             logger.warning("no training set given and MOSES data missing: novelty skipped; %s",
@@ -260,16 +265,14 @@ def moses_metrics(
             logger.warning("unique@%d: only %d valid samples; computed on all of them", k, len(valid))
         out[f"unique@{k}"] = len(set(head)) / len(head) if head else float("nan")
 
-    if n_valid == 0:
-        for key in MOSES_KEYS:
-            out.setdefault(key, float("nan"))
-        return out
-
     counts = Counter(valid)
     uniq = list(counts)
     t0 = time.perf_counter()
-    records_all = describe_many(uniq, n_jobs, progress, "descriptors")
-    records = [r for r in records_all if r is not None]
+    records = [r for r in describe_many(uniq, n_jobs, progress, "descriptors") if r is not None]
+    if not records:  # no valid sample (or, pathologically, none whose canonical SMILES re-parses)
+        for key in MOSES_KEYS:
+            out.setdefault(key, float("nan"))
+        return out
     weights = np.array([counts[r.smiles] for r in records], np.float64)
     logger.info("per-molecule descriptors for %d unique molecules: %.1fs", len(records), time.perf_counter() - t0)
     gen = _stats_from_records(records, weights, None)
@@ -341,7 +344,7 @@ def guacamol_metrics(
     progress: bool = True,
     fcd: bool = True,
     *,
-    n_reference: int = 10000,
+    n_reference: int | None = None,
     seed: int = 0,
     train_is_canonical: bool = False,
 ) -> dict[str, float]:
@@ -352,7 +355,9 @@ def guacamol_metrics(
     * ``KL_score``: mean over the 9 physico-chemical descriptors of :data:`GUACAMOL_DESCRIPTORS`
       and the within-set nearest-neighbour ECFP4 similarity of ``exp(-KL(reference || samples))``
       (KDE-based KL for continuous, histogram KL for integer descriptors), computed on the unique
-      valid samples against ``n_reference`` random training molecules (``seed``).
+      valid samples against ``n_reference`` random distinct training molecules (``seed``; default:
+      as many as there are distinct valid samples, so that the within-set similarity
+      distributions of both sets come from sets of equal size).
     * ``FCD`` and ``FCD_score = exp(-0.2 * FCD)``: valid samples (with duplicates) against the same
       random training subset (needs ``fcd_torch``; absent otherwise, with a warning).
 
@@ -377,7 +382,8 @@ def guacamol_metrics(
 
     pool = sorted(train_set)  # sorted: the random subset depends only on the set and the seed
     rng = np.random.default_rng(seed)
-    ref = [pool[i] for i in rng.choice(len(pool), size=min(n_reference, len(pool)), replace=False)]
+    size = min(len(uniq) if n_reference is None else n_reference, len(pool))
+    ref = [pool[i] for i in rng.choice(len(pool), size=size, replace=False)]
 
     gen_prof = _guacamol_profile(uniq, n_jobs, progress, "GuacaMol descriptors")
     ref_prof = _guacamol_profile(ref, n_jobs, progress, "GuacaMol reference descriptors")

@@ -112,7 +112,10 @@ def moses_reference_stats(split: str) -> dict[str, Any]:
     with np.load(path, allow_pickle=True) as data:
         stats = data["stats"].item()
     return {
-        "FCD": {"mu": np.asarray(stats["FCD"]["mu"], np.float64), "sigma": np.asarray(stats["FCD"]["sigma"], np.float64)},
+        "FCD": {
+            "mu": np.asarray(stats["FCD"]["mu"], np.float64),
+            "sigma": np.asarray(stats["FCD"]["sigma"], np.float64),
+        },
         "SNN": {"fps": np.asarray(stats["SNN"]["fps"], np.uint8)},
         "Frag": {"frag": dict(stats["Frag"]["frag"])},
         "Scaf": {"scaf": dict(stats["Scaf"]["scaf"])},
