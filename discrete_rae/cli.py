@@ -375,13 +375,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.recon_protocol:
         loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
     domain = DOMAINS.get(loaded.run.domain)
+    if args.benchmark and loaded.run.domain != "molecules":
+        raise UsageError(f"--benchmark {args.benchmark} needs a molecules run, not {loaded.run.domain}")
     prepared = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"], progress=not args.quiet)
+    if args.benchmark:
+        return _run_benchmark(args, loaded, domain, prepared, device)
     metrics = evaluate_loaded(loaded, prepared, device, args.sampler, progress=not args.quiet, n_samples=args.n)
     out = loaded.run_dir / "metrics.json"
     previous = json.loads(out.read_text()) if out.is_file() else {}
     previous.update(metrics)
     out.write_text(json.dumps(previous, indent=2, default=float) + "\n")
     print(format_metrics(metrics))
+    return 0
+
+
+def _run_benchmark(args: argparse.Namespace, loaded: Any, domain: Any, prepared: Any, device: torch.device) -> int:
+    """MOSES (novelty vs the MOSES train set for moses runs) or GuacaMol (vs the run's train set)."""
+    from .metrics.molecules import format_table, guacamol_metrics, moses_metrics
+    from .pipeline import pick_sampler
+
+    n = args.n or (30_000 if args.benchmark == "moses" else 10_000)
+    sampler = pick_sampler(loaded, args.sampler)
+    log.info("decoding %d samples from the %s sampler", n, sampler.name)
+    samples = domain.sample_texts(loaded.model, sampler, n, device)
+    if args.benchmark == "moses":
+        train = None if loaded.run.data.dataset in ("", "moses") else prepared.train_texts
+        metrics = moses_metrics(samples, train, n_jobs=2, progress=not args.quiet)
+    else:
+        metrics = guacamol_metrics(samples, prepared.train_texts, n_jobs=2, progress=not args.quiet)
+    metrics = {"benchmark": args.benchmark, "sampler": sampler.name, "n_samples": n, **metrics}
+    out = loaded.run_dir / f"benchmark-{args.benchmark}.json"
+    out.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    print(format_table(metrics))
+    print(f"written to {out}")
     return 0
 
 
@@ -399,6 +425,8 @@ def build_main_parser() -> argparse.ArgumentParser:
     _run_arg(e)
     e.add_argument("--n", type=int, default=None, help="number of samples (default: the run's eval.n_samples)")
     e.add_argument("--recon-protocol", default=None, help="greedy (default) | stochastic (10 encodings x 100 decodes)")
+    e.add_argument("--benchmark", choices=("moses", "guacamol"), default=None,
+                   help="distribution-learning suite on --n samples (default 30,000 MOSES / 10,000 GuacaMol)")
     for name, (help_text, add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
     return p

@@ -108,11 +108,11 @@ class GrammarCodec(SequenceCodec):
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "grammar": self.grammar.text, "grammar_hash": self.grammar.hash,
-                "max_length": self.max_length}
+                "grammar_name": self.grammar.name, "max_length": self.max_length}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "GrammarCodec":
-        return cls(Grammar.from_string(state["grammar"]), state["max_length"])
+        return cls(Grammar.from_string(state["grammar"], name=state.get("grammar_name")), state["max_length"])
 
 
 class CharCodec(SequenceCodec):

@@ -80,6 +80,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _epochs(m: dict[str, Any]) -> str:
+    return f"{m.get('epochs', '-')}{'*' if m.get('stopped') == 'time budget' else ''}"
+
+
 def _pr(m: dict[str, Any], sampler: str) -> str:
     return f"{_fmt(m.get(f'precision_{sampler}'))} / {_fmt(m.get(f'recall_{sampler}'))}"
 
@@ -96,16 +100,16 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     for m in rows:
         cells = [m["model"], _fmt(m.get("recon_mse"), 4), _fmt(m.get("fid_feat_prior")),
                  _fmt(m.get("fid_feat_gaussian")), _fmt(m.get("fid_feat_gmm")), _fmt(m.get("fid_feat_interp")),
-                 _pr(m, "prior"), _pr(m, "gmm"), str(m.get("epochs", "-")), _fmt(m.get("train_seconds"), 0)]
+                 _pr(m, "prior"), _pr(m, "gmm"), _epochs(m), _fmt(m.get("train_seconds"), 0)]
         if with_fid:
             fids = inception.get(m["model"], {})
             cells[6:6] = [_fmt(fids.get("prior")), _fmt(fids.get("gmm"))]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {}
     notes = [
-        f"Data set {args.dataset}, preset {args.preset}, seed {args.seed}: every model trained with the same "
-        f"budget; {first.get('n_samples', '-')} samples per sampler against {first.get('n_reference', '-')} "
-        "test images.",
+        f"Data set {args.dataset}, preset {args.preset}, seed {args.seed}, the same epochs / early stopping / "
+        f"time budget for every model; {first.get('n_samples', '-')} samples per sampler against "
+        f"{first.get('n_reference', '-')} test images.",
         "Fréchet = Fréchet distance in the feature space of the toolkit's own classifier for this data set "
         f"(held-out accuracy {_fmt(first.get('feature_net_accuracy'), 3)}); NOT comparable to Inception FID. "
         f"Data floor (training vs test images, same sizes): {_fmt(first.get('fid_feat_train'))}.",
@@ -113,6 +117,9 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
         "P / R = precision / recall, k-NN manifolds (Kynkäänniemi et al. 2019, k=3). Lower Fréchet is better.",
         f"Wall time of this command: {seconds:.0f} s (reused runs cost nothing).",
     ]
+    if any(m.get("stopped") == "time budget" for m in rows):
+        notes.append("* = stopped by the time budget (max_minutes) before its epochs: not the same training "
+                     "budget as the other rows (a busy CPU; try --threads 1 or a GPU).")
     if inception and inception.get("_skipped"):
         notes.append(f"Inception FID skipped: {inception['_skipped']}")
     title = f"# Image models on {args.dataset} ({args.preset})"

@@ -14,7 +14,7 @@ from discrete_rae.presets import get_preset
 from discrete_rae.registry import DOMAINS, MODELS, load_all
 
 load_all()
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to oversubscription
 
 
 def shared_dir() -> Path | None:

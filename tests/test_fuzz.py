@@ -7,7 +7,6 @@ counted as kept, duplicate or rejected), ``expr_eval.evaluate`` -> ExpressionErr
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +91,17 @@ def test_expression_evaluator_only_raises_expression_error(text):
 
 
 LINES = st.lists(st.one_of(SMILES_TEXT, st.just(""), st.sampled_from(SEEDS), st.just("smiles,score")), max_size=12)
-_FUZZ_DIR = Path(tempfile.mkdtemp(prefix="drae-fuzz-"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
 
 
 @settings(FAST, max_examples=1500)
-@given(LINES, st.sampled_from([".smi", ".csv", ".txt"]), st.booleans())
-def test_smiles_loader_only_raises_data_error(lines, suffix, latin1):
-    path = _FUZZ_DIR / f"mols{suffix}"
+@given(lines=LINES, suffix=st.sampled_from([".smi", ".csv", ".txt"]), latin1=st.booleans())
+def test_smiles_loader_only_raises_data_error(fuzz_dir, lines, suffix, latin1):
+    path = fuzz_dir / f"mols{suffix}"
     raw = "\n".join(lines).encode("latin-1" if latin1 else "utf-8", "replace")  # latin-1: not valid UTF-8
     path.write_bytes(raw)
     try:

@@ -197,6 +197,7 @@ def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys, monkeypatch)
             "--runs-dir", str(tmp_path), "--data-dir", str(data_dir), "--quiet"]
     threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         assert main(argv + ["--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
     finally:

@@ -352,6 +352,7 @@ def test_format_table() -> None:
 # --- FCD (needs fcd_torch) ----------------------------------------------------------------------------------------
 @needs_fcd
 @pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fcd_torch's own np.row_stack
 def test_chemnet_activations_match_fcd_torch() -> None:
     from fcd_torch import FCD
 

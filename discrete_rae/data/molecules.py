@@ -197,10 +197,14 @@ def nci5k_path() -> Path:
 
 
 def _sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file; an unreadable file is a :class:`DataError`."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     return h.hexdigest()
 
 
@@ -399,8 +403,11 @@ class _Records:
 
 def _open_binary(path: Path, label: str) -> io.BufferedIOBase:
     """Open ``path`` for reading bytes, transparently gunzipping; reject binary content."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+    except OSError as exc:
+        raise DataError(f"{label}: cannot open the file ({exc.strerror or exc})") from None
     if magic == b"\x1f\x8b":
         raw: Any = gzip.open(path, "rb")
     elif path.name.lower().endswith(".gz"):

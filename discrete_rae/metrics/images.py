@@ -133,7 +133,7 @@ def _accuracy(net: FeatureNet, x: Tensor, y: Tensor) -> float:
     return float(hits.float().mean())
 
 
-def train_feature_net(x: Tensor, y: Tensor, steps: int = 400, batch: int = 128, lr: float = 2e-3,
+def train_feature_net(x: Tensor, y: Tensor, steps: int = 600, batch: int = 128, lr: float = 2e-3,
                       seed: int = 0, held_out: float = 0.1) -> tuple[FeatureNet, float]:
     """Train a FeatureNet on images x [N, C, H, W] and labels y ([N] classes or [N, A] binary).
 
@@ -161,7 +161,7 @@ def train_feature_net(x: Tensor, y: Tensor, steps: int = 400, batch: int = 128, 
 
 
 def load_or_train_feature_net(path: Path, dataset: str, load_data: Callable[[], tuple[Tensor, Tensor]],
-                              steps: int = 400) -> FeatureExtractor:
+                              steps: int = 600) -> FeatureExtractor:
     """The cached feature net at ``path``, or train one on ``load_data()`` and cache it there."""
     path = Path(path)
     if path.is_file():
