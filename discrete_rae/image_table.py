@@ -42,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", action="store_true",
                    help="also report Inception FID where pytorch_fid and its weights are available (else skipped)")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default 0: torch's choice); 1 is much faster on a busy shared CPU")
     cli._add_common(p)
 
 
@@ -158,14 +156,7 @@ def run_image_table(args: argparse.Namespace) -> int:
     for name in models:
         if "images" not in MODELS.get(name).domains:
             raise cli.UsageError(f"model {name!r} does not run on images")
-    if args.threads < 0:
-        raise cli.UsageError("--threads must be 0 (torch's default) or positive")
-    if args.threads:
-        # Tiny convolutions gain little from intra-op threads, and on an oversubscribed CPU every
-        # op waits for its slowest thread: one thread per process is then several times faster.
-        import torch
-
-        torch.set_num_threads(args.threads)
+    cli.set_threads(args.threads)
     device = cli.choose_device(args.device)
     amp = cli.choose_precision(args.precision, device)
     table_dir = Path(args.runs_dir) / f"image-table-{args.dataset}"

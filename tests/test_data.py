@@ -553,6 +553,9 @@ def test_encode_cache_round_trip_and_reuse(tmp_path, smiles_grammar, monkeypatch
     files = sorted(p.name for p in cache_dir.iterdir())
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npz")
     assert not [p for p in cache_dir.iterdir() if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in cache_dir.iterdir()} == {0o666 & ~umask}  # not mkstemp's 0600
     meta = json.loads(next(cache_dir.glob("*.json")).read_text())
     assert meta["n_ok"] == 5 and meta["n_failed"] == 1 and meta["grammar_hash"] == smiles_grammar.hash
     mtimes = {p.name: p.stat().st_mtime_ns for p in cache_dir.iterdir()}

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +127,11 @@ def _safe_name(name: str) -> str:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    from .molecules import _open_temp_beside
+
+    fh, tmp = _open_temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

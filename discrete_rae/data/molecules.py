@@ -56,8 +56,8 @@ import logging
 import math
 import multiprocessing
 import os
+import secrets
 import sys
-import tempfile
 import zlib
 from array import array
 from collections import Counter
@@ -208,6 +208,21 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _open_temp_beside(path: Path, suffix: str = ".tmp") -> tuple[Any, Path]:
+    """A new hidden temporary file next to ``path`` (for atomic replace), opened ``"xb"``.
+
+    Unlike ``tempfile.mkstemp`` (mode 0600) the file gets the default permissions of
+    the umask, so the renamed result is readable like any other file.
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return open(tmp, "xb"), tmp  # noqa: SIM115 - the caller closes it
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
+
 def _urlopen(url: str, timeout: float) -> Any:
     """``urllib.request.urlopen`` (a seam so tests never touch the network)."""
     import urllib.request
@@ -218,9 +233,9 @@ def _urlopen(url: str, timeout: float) -> Any:
 def _download(url: str, dest: Path, timeout: float = 60.0) -> tuple[str, str]:
     """Stream ``url`` into ``dest`` atomically; return (md5, sha256) of the content."""
     md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 (md5 only to compare with the published value)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    out, tmp = _open_temp_beside(dest, ".part")
     try:
-        with os.fdopen(fd, "wb") as out, contextlib.closing(_urlopen(url, timeout)) as resp:
+        with out, contextlib.closing(_urlopen(url, timeout)) as resp:
             for block in iter(lambda: resp.read(1 << 20), b""):
                 md5.update(block)
                 sha.update(block)
@@ -293,10 +308,10 @@ def zinc250k_path(data_dir: Path | None = None, download: bool = True) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    fh, tmp = _open_temp_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with fh:
+            fh.write(text.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -659,6 +674,10 @@ def _process(
             results = pool.imap(fn, payloads) if pool is not None else map(fn, payloads)
             done = False
             for chunk, res in zip(chunks, results):
+                if done:
+                    # target reached: drain the round's remaining results so the pool can be
+                    # closed gracefully (Pool.terminate() with tasks in flight can deadlock)
+                    continue
                 for i, (smi, reason) in zip(chunk, res):
                     i = int(i)
                     report.examined += 1
@@ -680,13 +699,15 @@ def _process(
                                 break
                 if target is None:
                     bar.update(len(chunk))
-                if done:
-                    break
             if done:
                 break
+        if pool is not None:
+            pool.close()
+            pool.join()
+            pool = None
     finally:
         bar.close()
-        if pool is not None:
+        if pool is not None:  # only after an error / interrupt
             pool.terminate()
             pool.join()
     return kept
@@ -855,9 +876,9 @@ def _write_load_cache(cache_file: Path, smiles: list[str], report: LoadReport) -
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         payload = gzip.compress(("\n".join(smiles) + "\n").encode("utf-8"), compresslevel=1)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix="." + cache_file.name + ".", suffix=".tmp")
+        fh, tmp = _open_temp_beside(cache_file)
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with fh:
                 fh.write(payload)
             os.replace(tmp, cache_file)
         except BaseException:
