@@ -194,8 +194,6 @@ def validate(run: RunConfig) -> None:
         if getattr(cls, "discrete", False) != discrete_latent:
             kind = "categorical" if discrete_latent else "continuous"
             raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
-    if m.latent == "gaussian" and m.decoder_reg == "sn" and m.beta == 0:
-        raise UsageError("--latent gaussian with --beta 0 is not a VAE; use a deterministic latent")
     for key in ("epochs", "batch_size"):
         if getattr(run.train, key) <= 0:
             raise UsageError(f"--{key.replace('_', '-')} must be positive")

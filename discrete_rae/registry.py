@@ -6,7 +6,7 @@ name here, so adding a model is one decorated function and never an if/elif chai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -75,7 +75,6 @@ class ModelSpec:
     domains: tuple[str, ...]
     sampler: str
     family: str = "sequence"
-    extra: dict = field(default_factory=dict)
 
     def config_for(self, domain: str) -> Any:
         """The default config of this model on ``domain``."""
