@@ -95,6 +95,56 @@ class EvalConfig:
 
 SECTIONS = ("model", "train", "data", "eval")
 
+# One line of --help per configuration field (shared by every model family).
+FIELD_HELP = {
+    "latent": "latent type: gaussian (VAE) | deterministic (RAE) | gumbel | categorical",
+    "latent_dim": "code size D",
+    "beta": "weight of the latent term (KL for VAEs, 1/2||z||^2 for RAEs)",
+    "kl_anneal_steps": "steps over which the KL weight rises linearly from 0 to beta",
+    "decoder_reg": "decoder regulariser: l2 | gp | sn | none",
+    "reg_weight": "its weight (weight decay for l2, penalty weight for gp)",
+    "n_vars": "categorical latents: number of variables N",
+    "n_classes": "categorical latents: classes per variable K",
+    "tau": "Gumbel-softmax initial temperature",
+    "tau_min": "Gumbel-softmax temperature floor",
+    "tau_rate": "temperature decay rate r in tau = max(tau_min, tau exp(-r step))",
+    "tau_every": "update the temperature every this many steps",
+    "straight_through": "Gumbel: one-hot forward, relaxed gradient",
+    "categorical_mode": "deterministic categorical code: argmax (straight-through) | softmax",
+    "codec": "sequence codec: grammar (production rules) | char (characters)",
+    "max_length": "sequence length; 0 = longest in the data",
+    "encoder": "sequence encoder: conv (Grammar VAE) | gru (bidirectional)",
+    "conv_channels": "conv encoder channels, comma-separated",
+    "conv_kernels": "conv encoder kernel sizes, comma-separated",
+    "enc_hidden": "encoder dense/hidden width",
+    "decoder": "sequence decoder: gru (autoregressive) | repeat (code repeated at every step)",
+    "dec_hidden": "decoder GRU width",
+    "dec_layers": "decoder GRU layers",
+    "embed_dim": "token embedding size of the autoregressive decoder",
+    "epochs": "maximum epochs",
+    "batch_size": "examples per step (per process under torchrun)",
+    "lr": "AdamW learning rate",
+    "grad_clip": "clip the gradient norm to this (0 = off)",
+    "lr_factor": "ReduceLROnPlateau factor",
+    "lr_patience": "ReduceLROnPlateau patience (epochs)",
+    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
+    "max_minutes": "wall-clock training budget in minutes (0 = none)",
+    "seed": "random seed (data split, initialisation, batches)",
+    "val_fraction": "share of the non-test data held out for validation",
+    "compile": "wrap the loss in torch.compile (true/false)",
+    "dataset": "data set name or a file path",
+    "n_train": "how many molecules/expressions to load (0 = all)",
+    "n_test": "held-out examples for reconstruction",
+    "column": "SMILES column of a CSV file",
+    "workers": "worker processes for loading/parsing (0 = automatic)",
+    "data_dir": "data and cache directory (default ./datasets or $DISCRETE_RAE_DATA)",
+    "n_samples": "samples drawn for evaluation",
+    "sampler": "ex-post sampler for evaluation (default: the model's)",
+    "gmm_k": "GMM components",
+    "temperature": "decoding temperature; 0 = greedy",
+    "recon_protocol": "greedy | stochastic (10 encodings x 100 decodes)",
+}
+
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
@@ -153,7 +203,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str
     for f in fields(cls):
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        meta = f.metadata.get("help", "")
+        meta = FIELD_HELP.get(f.name, "")
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", default=None,
                            metavar=getattr(typ, "__name__", "LIST").upper(),
