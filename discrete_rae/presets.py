@@ -58,10 +58,6 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
 }
 
 
-def preset_names(domain: str) -> list[str]:
-    return sorted(PRESETS.get(domain, {}))
-
-
 def get_preset(domain: str, name: str) -> dict[str, dict[str, Any]]:
     """The overrides of preset ``name`` for ``domain`` (empty sections where unset)."""
     domain_presets = PRESETS.get(domain, {})

@@ -50,7 +50,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -102,6 +102,17 @@ class ExpressionData:
 # --------------------------------------------------------------------------------------
 # Counting and sampling derivations of a given length
 # --------------------------------------------------------------------------------------
+
+
+def _cumulative(weighted: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Running totals of the non-zero weights and their values, for inverse-CDF picks."""
+    cum, vals, total = [], [], 0
+    for value, weight in weighted:
+        if weight:
+            total += weight
+            cum.append(total)
+            vals.append(value)
+    return cum, vals
 
 
 class DerivationSampler:
@@ -177,14 +188,8 @@ class DerivationSampler:
         key = (a, k)
         entry = self._rule_cum.get(key)
         if entry is None:
-            cum, vals, total = [], [], 0
-            for r in self._rules_of[a]:
-                w = self._suffix[r][0][k - 1]
-                if w:
-                    total += w
-                    cum.append(total)
-                    vals.append(r)
-            entry = self._rule_cum[key] = (cum, vals)
+            weighted = ((r, self._suffix[r][0][k - 1]) for r in self._rules_of[a])
+            entry = self._rule_cum[key] = _cumulative(weighted)
         return self._pick(rng, *entry)
 
     def _choose_split(self, rng: random.Random, r: int, i: int, j: int) -> int:
@@ -193,14 +198,8 @@ class DerivationSampler:
         if entry is None:
             ck = self._counts.get(self._rhs[r][i], self._zero)
             nxt = self._suffix[r][i + 1]
-            cum, vals, total = [], [], 0
-            for k1 in range(1, j + 1):
-                w = ck[k1] * nxt[j - k1]
-                if w:
-                    total += w
-                    cum.append(total)
-                    vals.append(k1)
-            entry = self._split_cum[key] = (cum, vals)
+            weighted = ((k1, ck[k1] * nxt[j - k1]) for k1 in range(1, j + 1))
+            entry = self._split_cum[key] = _cumulative(weighted)
         return self._pick(rng, *entry)
 
     def _expand(self, rng: random.Random, a: str, k: int, out: list[int]) -> None:

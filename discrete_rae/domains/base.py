@@ -7,8 +7,6 @@ calls nothing else, so adding a domain never touches the trainer or the models.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -21,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..data.cache import texts_sha256
 from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
 from ..grammar import Grammar
@@ -70,14 +69,6 @@ def split_indices(n: int, n_test: int, val_fraction: float, seed: int) -> tuple[
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-def text_hash(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 class SequenceDomain(Domain):
     """Shared logic of the string domains: split, encode with a codec, decode and judge samples.
 
@@ -122,7 +113,7 @@ class SequenceDomain(Domain):
         info = {**report, "encoded": len(enc.texts), "encode_failures": dict(failures),
                 "too_long": int((~keep).sum()), "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                 "max_length": codec.max_length, "mean_length": float(lengths.mean()),
-                "data_hash": text_hash(kept)}
+                "data_hash": texts_sha256(kept)}
         if enc.failures:
             log.warning("%d of %d strings could not be encoded (%s); e.g. %r", len(enc.failures), len(texts),
                         dict(failures), enc.failures[0][1][:80])
@@ -170,10 +161,9 @@ class SequenceDomain(Domain):
         ids, truth = prepared.test, prepared.test_texts
         if len(truth) == 0:
             return {"recon_accuracy": float("nan"), "n_recon": 0}
-        codes = self.encode(model, ids, device)
         if cfg.recon_protocol == "stochastic":
             return self._stochastic_recon(model, ids, truth, device)
-        decoded = self.decode(model, codes, device)
+        decoded = self.decode(model, self.encode(model, ids, device), device)
         hits = sum(d is not None and self.canonical(d) == t for d, t in zip(decoded, truth))
         return {"recon_accuracy": hits / len(truth), "n_recon": len(truth), "recon_protocol": "greedy"}
 
@@ -212,6 +202,3 @@ def _default_data_dir() -> Path:
 
     return default_data_dir()
 
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
