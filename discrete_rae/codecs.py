@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .grammar import Grammar, select
@@ -78,8 +79,10 @@ class GrammarCodec(SequenceCodec):
 
     kind = "grammar"
 
-    def __init__(self, grammar: Grammar, max_length: int | None = None) -> None:
+    def __init__(self, grammar: Grammar, max_length: int | None = None, length_mask: bool = True) -> None:
         self.grammar = grammar
+        # decoding option, not data: set from EvalConfig.length_mask by the pipeline
+        self.length_mask = length_mask
         self.vocab_size = grammar.n_rules
         self.pad_index = grammar.pad_index
         self.max_length = int(max_length or grammar.max_length)
@@ -95,12 +98,21 @@ class GrammarCodec(SequenceCodec):
         return self.grammar.lhs_masks(ids)
 
     def new_state(self, batch_size: int, device: torch.device | None = None) -> Any:
-        return self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length)
+        return self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length,
+                                          length_mask=self.length_mask)
 
     def decode_logits(self, logits: Tensor, greedy: bool = True, temperature: float = 1.0,
                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        result = self.grammar.decode_logits(logits, greedy, temperature, generator)
-        return result.ids, result.finished
+        if not self.length_mask:  # the fast batched decoder implements the paper's cut-off only
+            result = self.grammar.decode_logits(logits, greedy, temperature, generator)
+            return result.ids, result.finished
+        state = self.new_state(logits.shape[0], logits.device)
+        for t in range(min(logits.shape[1], self.max_length)):
+            state.push(select(logits[:, t].float(), state.allowed(), greedy, temperature, generator))
+            if state.complete:
+                break
+        ids = F.pad(state.ids, (0, logits.shape[1] - state.ids.shape[1]), value=self.pad_index)
+        return ids, state.done
 
     def to_text(self, ids: Tensor, finished: Tensor) -> list[str | None]:
         ids_np, fin = ids.cpu().numpy(), finished.cpu().numpy()

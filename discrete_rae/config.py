@@ -91,6 +91,7 @@ class EvalConfig:
     gmm_k: int = 10
     temperature: float = 0.0
     recon_protocol: str = "greedy"
+    length_mask: bool = True
 
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -112,6 +113,7 @@ FIELD_HELP = {
     "straight_through": "Gumbel: one-hot forward, relaxed gradient",
     "categorical_mode": "deterministic categorical code: argmax (straight-through) | softmax",
     "codec": "sequence codec: grammar (production rules) | char (characters)",
+    "grammar": "builtin grammar for the grammar codec: smiles | smiles_compact | expressions | expressions_compact (default: the domain's)",
     "max_length": "sequence length; 0 = longest in the data",
     "encoder": "sequence encoder: conv (Grammar VAE) | gru (bidirectional)",
     "conv_channels": "conv encoder channels, comma-separated",
@@ -121,6 +123,7 @@ FIELD_HELP = {
     "dec_hidden": "decoder GRU width",
     "dec_layers": "decoder GRU layers",
     "embed_dim": "token embedding size of the autoregressive decoder",
+    "word_dropout": "autoregressive decoder: probability of hiding each previous token in training",
     "epochs": "maximum epochs",
     "batch_size": "examples per step (per process under torchrun)",
     "lr": "AdamW learning rate",
@@ -143,6 +146,8 @@ FIELD_HELP = {
     "gmm_k": "GMM components",
     "temperature": "decoding temperature; 0 = greedy",
     "recon_protocol": "greedy | stochastic (10 encodings x 100 decodes)",
+    "length_mask": ("grammar decoding: allow only rules that can still finish within max_length "
+                    "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)"),
 }
 
 

@@ -647,3 +647,66 @@ def test_select_is_safe() -> None:
     assert (hot == 1).all()
     with pytest.raises(ValueError):
         select(logits, allowed, greedy=False, temperature=0.0)
+
+
+# ----------------------------------------------------------------------------- compact grammars
+
+@pytest.mark.parametrize("base", ["smiles", "expressions"])
+def test_compact_grammar_has_no_unit_or_left_recursive_rules(base: str) -> None:
+    g = Grammar.builtin(f"{base}_compact")
+    for p in g.productions[: g.pad_index]:
+        rhs = p.rhs()
+        assert not (len(rhs) == 1 and isinstance(rhs[0], Nonterminal)), p  # no unit rule
+        assert not (rhs and rhs[0] == p.lhs()), p  # no immediate left recursion
+    assert g.pad_index == g.n_rules - 1 and g.start == Grammar.builtin(base).start
+    assert g.max_length == Grammar.builtin(base).max_length
+
+
+def test_compact_smiles_roundtrips_and_halves_the_derivations(smiles: Grammar) -> None:
+    compact = Grammar.builtin("smiles_compact")
+    for text in EDGE_SMILES:
+        ids = compact.parse(text)
+        assert compact.unparse(ids) == text
+        assert len(ids) < 0.75 * len(smiles.parse(text)), text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), base=st.sampled_from(["smiles", "expressions"]),
+       forward=st.booleans())
+def test_compact_grammar_generates_the_same_language(seed: int, base: str, forward: bool) -> None:
+    """A random string of either grammar parses in the other and unparses to itself."""
+    a, b = Grammar.builtin(base, max_length=300), Grammar.builtin(f"{base}_compact", max_length=300)
+    source, target = (a, b) if forward else (b, a)
+    text = source.unparse(source.random_derivation(random.Random(seed), max_length=60, fit=True))
+    assert target.unparse(target.parse(text)) == text
+
+
+def test_compact_grammar_rejects_unit_cycles() -> None:
+    from discrete_rae.grammar import compact_grammar_text
+
+    with pytest.raises(GrammarError, match="cycle of unit rules"):
+        compact_grammar_text("# max_length: 5\nS -> A | 'x'\nA -> S\nNothing -> None\n")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(["expressions", "expressions_compact", "smiles_compact"]))
+def test_length_mask_always_finishes_and_changes_only_doomed_decodes(seed: int, name: str) -> None:
+    """Greedy decoding of random logits: with the length mask every row finishes within
+    max_length; rows that finish without it are decoded identically (the mask only removes
+    rules after which the derivation could not finish)."""
+    g = Grammar.builtin(name)
+    L = 15 if name.startswith("expr") else 30
+    logits = torch.randn(200, L, g.n_rules, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for masked in (False, True):
+        state = g.decoder_state(200, max_length=L, length_mask=masked)
+        for t in range(L):
+            state.push(select(logits[:, t], state.allowed()))
+        out[masked] = (state.ids, state.done)
+    ids_masked, done_masked = out[True]
+    assert bool(done_masked.all())
+    for row in ids_masked:
+        text = g.unparse(row.tolist())
+        assert g.unparse(g.parse(text)) == text
+    ids_plain, done_plain = out[False]
+    assert torch.equal(ids_plain[done_plain], ids_masked[done_plain])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data.cache import texts_sha256
 from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
-from ..grammar import Grammar
+from ..grammar import Grammar, builtin_names
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,18 @@ class SequenceDomain(Domain):
     def render(self, samples: list[str | None], path: Path) -> None:
         raise NotImplementedError
 
-    def make_codec(self, kind: str, texts: list[str], max_length: int) -> SequenceCodec:
+    def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
         if kind == "grammar":
-            return GrammarCodec(Grammar.builtin(self.grammar_name))
+            name = grammar or self.grammar_name
+            if name not in builtin_names():
+                raise ValueError(f"unknown grammar {name!r}; choose one of: {', '.join(builtin_names())}")
+            return GrammarCodec(Grammar.builtin(name))
         return CharCodec.fit(texts, max_length or None)
 
     def prepare(self, run: RunConfig, codec_state: dict | None = None, progress: bool = True) -> Prepared:
         texts, report = self.load_texts(run, progress)
-        codec = codec_from_state(codec_state) if codec_state else self.make_codec(run.model.codec, texts, run.model.max_length)
+        codec = codec_from_state(codec_state) if codec_state else self.make_codec(
+            run.model.codec, texts, run.model.max_length, getattr(run.model, "grammar", ""))
         cache_dir = Path(run.data.data_dir or _default_data_dir()) / "cache"
         enc = codec.encode(texts, cache_dir=cache_dir, workers=max(1, run.data.workers), progress=progress)
         if not enc.texts:

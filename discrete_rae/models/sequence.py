@@ -21,12 +21,16 @@ from ..regularizers import build_regularizer
 class SequenceModelConfig(LatentConfig):
     """Sequence autoencoder. codec: grammar | char.  max_length 0: from the training data.
 
+    ``grammar``: a builtin grammar name (``smiles``, ``smiles_compact``, ``expressions``,
+    ``expressions_compact``); empty = the domain's default.
+
     Encoder ``conv`` is the Grammar VAE's (channels/kernels/enc_hidden), ``gru`` a
     bidirectional GRU.  Decoder ``gru`` is autoregressive (teacher-forced), ``repeat`` the
     paper's non-autoregressive one (code repeated at each step).
     """
 
     codec: str = "grammar"
+    grammar: str = ""
     max_length: int = 0
     encoder: str = "conv"
     conv_channels: tuple[int, ...] = (9, 9, 10)
@@ -36,6 +40,7 @@ class SequenceModelConfig(LatentConfig):
     dec_hidden: int = 256
     dec_layers: int = 1
     embed_dim: int = 64
+    word_dropout: float = 0.0
 
 
 def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
@@ -48,7 +53,7 @@ def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
     latent = build_latent(cfg, encoder.out_dim)
     dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers}
     if cfg.decoder == "gru":
-        dec_kwargs["embed"] = cfg.embed_dim
+        dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout)
     decoder = DECODERS[cfg.decoder](latent.code_dim, vocab, length, **dec_kwargs)
     return AutoEncoder(encoder, latent, decoder, SequenceLikelihood(codec),
                        build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)

@@ -88,15 +88,22 @@ class AutoregressiveGRUDecoder(nn.Module):
     h_0 = tanh(W z) for each layer; input_t = [embed(y_{t-1}), z]; logits_t = W_o h_t.
     Decoding masks each step with the codec (grammar stack), so the choice at t conditions
     the next step.
+
+    ``word_dropout`` p: in training each previous token is replaced by a blank token with
+    probability p (Bowman et al. 2016). Why: a teacher-forced GRU can predict most rules from
+    its own history and learns to ignore the code early on; hiding part of the history makes
+    the code the cheaper source of information.
     """
 
     autoregressive = True
 
     def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 256, layers: int = 1,
-                 embed: int = 64) -> None:
+                 embed: int = 64, word_dropout: float = 0.0) -> None:
         super().__init__()
         self.length, self.vocab, self.layers, self.hidden = length, vocab, layers, hidden
-        self.embed = nn.Embedding(vocab + 1, embed)  # index `vocab` is the start token
+        self.word_dropout = float(word_dropout)
+        # index `vocab` is the start token, `vocab + 1` the blank used by word dropout
+        self.embed = nn.Embedding(vocab + 2, embed)
         self.init = nn.Linear(code_dim, layers * hidden)
         self.rnn = nn.GRU(embed + code_dim, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
@@ -107,6 +114,9 @@ class AutoregressiveGRUDecoder(nn.Module):
     def forward(self, z: Tensor, ids: Tensor) -> Tensor:
         start = torch.full_like(ids[:, :1], self.vocab, dtype=torch.long)
         prev = torch.cat([start, ids[:, :-1].long()], dim=1)
+        if self.training and self.word_dropout > 0:
+            blank = torch.rand(prev.shape, device=prev.device) < self.word_dropout
+            prev = prev.masked_fill(blank, self.vocab + 1)
         x = torch.cat([self.embed(prev), z.unsqueeze(1).expand(-1, prev.shape[1], -1)], dim=-1)
         h, _ = self.rnn(x, self._h0(z))
         return self.out(h)
