@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +30,8 @@ EXIT_NONFINITE = 3
 # Subcommands contributed by other modules: name -> (help, add_arguments, run). Kept as a
 # table so that `compare`, `optimize`, ... register without editing the parser code.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+# Modules whose import adds their subcommand to COMMANDS (their heavy imports, e.g. botorch, are lazy).
+COMMAND_MODULES = ("discrete_rae.optimize", "discrete_rae.interpolate")
 
 
 class UsageError(Exception):
@@ -78,21 +81,25 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
 
 
 def set_threads(n: int) -> None:
-    """Fix torch's intra-op thread count and the BLAS/OpenMP pools of numpy and sklearn
-    (0 keeps the defaults).
+    """Fix torch's intra-op threads and the BLAS/OpenMP pools of numpy and sklearn.
 
-    Why the BLAS pools too: the ex-post GMM (sklearn EM) took 65 s with OpenBLAS's default
-    threads competing with another process on a 2-core machine, and 6.5 s on one thread.
+    ``0`` (the default) means all cores shared among the local torchrun processes
+    (``os.cpu_count() // LOCAL_WORLD_SIZE``, at least 1). Why a fixed count: on a 2-core
+    machine the quick molecules preset trains 1.44x faster with 2 threads than with 1 when
+    it has the machine to itself (benchmarks/train_speed.py), but two processes with two
+    threads each fight for the cores; and the BLAS pools too: the ex-post GMM (sklearn EM)
+    took 65 s with OpenBLAS's default threads beside another process, and 6.5 s on one thread.
     """
     if n < 0:
         raise UsageError("--threads must be >= 0")
-    if n:
-        torch.set_num_threads(n)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # sklearn's dependency; absent only in unusual installs
-            return
-        threadpool_limits(n)
+    if n == 0:
+        n = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # sklearn's dependency; absent only in unusual installs
+        return
+    threadpool_limits(n)
 
 
 def choose_device(name: str) -> torch.device:
@@ -119,9 +126,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (default 1: these small recurrent/conv nets ran ~10x faster "
-                        "with 1 than with 2 threads on a 2-core machine; 0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch and BLAS (default 0: all cores, divided among local torchrun "
+                        "processes; use 1 when other jobs share the machine)")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -211,6 +218,16 @@ def validate(run: RunConfig) -> None:
         raise UsageError("--lr must be positive")
     if not 0 < run.train.val_fraction < 0.5:
         raise UsageError("--val-fraction must be in (0, 0.5)")
+    grammar = getattr(m, "grammar", "")
+    if grammar:
+        from .grammar import builtin_names
+
+        if grammar not in builtin_names():
+            raise UsageError(f"unknown grammar {grammar!r}; choose one of: {', '.join(builtin_names())}")
+        if not grammar.startswith(DOMAINS.get(run.domain).grammar_name):
+            raise UsageError(f"--grammar {grammar!r} does not describe the {run.domain} domain")
+    if not 0 <= getattr(m, "word_dropout", 0.0) < 1:
+        raise UsageError("--word-dropout must be in [0, 1)")
 
 
 def _unique_run_dir(runs_dir: Path, base: str) -> Path:
@@ -396,10 +413,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_run(Path(args.run), device)
     if args.recon_protocol:
         loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
-    if args.length_mask is not None:
-        loaded.run.eval = replace(loaded.run.eval, {"length_mask": args.length_mask == "true"})
-        if hasattr(loaded.model.codec, "length_mask"):
-            loaded.model.codec.length_mask = args.length_mask == "true"
+    for key in ("length_mask", "ring_mask"):  # decoding options: re-score the same run with or without
+        value = getattr(args, key)
+        if value is not None:
+            loaded.run.eval = replace(loaded.run.eval, {key: value == "true"})
+            if hasattr(loaded.model.codec, key):
+                setattr(loaded.model.codec, key, value == "true")
     domain = DOMAINS.get(loaded.run.domain)
     if args.benchmark and loaded.run.domain != "molecules":
         raise UsageError(f"--benchmark {args.benchmark} needs a molecules run, not {loaded.run.domain}")
@@ -453,6 +472,8 @@ def build_main_parser() -> argparse.ArgumentParser:
     e.add_argument("--recon-protocol", default=None, help="greedy (default) | stochastic (10 encodings x 100 decodes)")
     e.add_argument("--length-mask", default=None, choices=["true", "false"],
                    help="grammar decoding: finish within max_length (true, default) or the paper's cut-off (false)")
+    e.add_argument("--ring-mask", default=None, choices=["true", "false"],
+                   help="SMILES grammar decoding: ring-closure bookkeeping (true, default) or the grammar mask only")
     e.add_argument("--benchmark", choices=("moses", "guacamol"), default=None,
                    help="distribution-learning suite on --n samples (default 30,000 MOSES / 10,000 GuacaMol)")
     for name, (help_text, add_args, _) in COMMANDS.items():
@@ -463,10 +484,19 @@ def build_main_parser() -> argparse.ArgumentParser:
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"sample": cmd_sample, "evaluate": cmd_evaluate}
 
 
+def load_commands() -> None:
+    """Import the modules of COMMAND_MODULES so that their subcommands are registered."""
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+
+
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         return cmd_train(argv[1:])
     load_all()
+    load_commands()
     args = build_main_parser().parse_args(argv)
     if args.command is None:
         build_main_parser().print_help()

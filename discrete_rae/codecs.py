@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grammar import Grammar, select
+from .ring_constraint import RingClosureState, ring_tables
 
 
 @dataclass
@@ -79,10 +80,13 @@ class GrammarCodec(SequenceCodec):
 
     kind = "grammar"
 
-    def __init__(self, grammar: Grammar, max_length: int | None = None, length_mask: bool = True) -> None:
+    def __init__(self, grammar: Grammar, max_length: int | None = None, length_mask: bool = True,
+                 ring_mask: bool = True) -> None:
         self.grammar = grammar
-        # decoding option, not data: set from EvalConfig.length_mask by the pipeline
+        # decoding options, not data: set from EvalConfig by the pipeline
         self.length_mask = length_mask
+        self.ring_mask = ring_mask
+        self._ring_tables = ring_tables(grammar)  # None for grammars without ring bonds
         self.vocab_size = grammar.n_rules
         self.pad_index = grammar.pad_index
         self.max_length = int(max_length or grammar.max_length)
@@ -98,12 +102,16 @@ class GrammarCodec(SequenceCodec):
         return self.grammar.lhs_masks(ids)
 
     def new_state(self, batch_size: int, device: torch.device | None = None) -> Any:
-        return self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length,
-                                          length_mask=self.length_mask)
+        state = self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length,
+                                           length_mask=self.length_mask)
+        if self.ring_mask and self._ring_tables is not None:
+            return RingClosureState(state, self._ring_tables)
+        return state
 
     def decode_logits(self, logits: Tensor, greedy: bool = True, temperature: float = 1.0,
                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        if not self.length_mask:  # the fast batched decoder implements the paper's cut-off only
+        if not (self.length_mask or (self.ring_mask and self._ring_tables is not None)):
+            # the fast batched decoder implements the paper's protocol (grammar mask, cut-off) only
             result = self.grammar.decode_logits(logits, greedy, temperature, generator)
             return result.ids, result.finished
         state = self.new_state(logits.shape[0], logits.device)

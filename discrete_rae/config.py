@@ -92,6 +92,7 @@ class EvalConfig:
     temperature: float = 0.0
     recon_protocol: str = "greedy"
     length_mask: bool = True
+    ring_mask: bool = True
 
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -148,6 +149,8 @@ FIELD_HELP = {
     "recon_protocol": "greedy | stochastic (10 encodings x 100 decodes)",
     "length_mask": ("grammar decoding: allow only rules that can still finish within max_length "
                     "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)"),
+    "ring_mask": ("SMILES grammar decoding: open rings with the lowest free digit, close only open ones, "
+                  "do not finish with a ring open (false: grammar mask only)"),
 }
 
 

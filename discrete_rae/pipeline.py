@@ -57,6 +57,7 @@ def build_model(run: RunConfig, codec: Any) -> torch.nn.Module:
     """The registered model for ``run`` over ``codec``; the codec takes the run's decoding options."""
     if hasattr(codec, "length_mask"):
         codec.length_mask = bool(run.eval.length_mask)
+        codec.ring_mask = bool(run.eval.ring_mask)
     return MODELS.get(run.model_name).build(run.model, codec)
 
 

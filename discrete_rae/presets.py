@@ -19,8 +19,10 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "eval": {"n_samples": 30, "gmm_k": 2},
         },
         "quick": {
-            "model": {"enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256, "dec_layers": 1, "embed_dim": 32},
-            "train": {"epochs": 100, "batch_size": 64, "lr": 2e-3, "max_minutes": 7.0},
+            # smiles_compact: half the decoder steps and right-recursive chains (grammars/README.md)
+            "model": {"grammar": "smiles_compact", "enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256,
+                      "dec_layers": 1, "embed_dim": 32},
+            "train": {"epochs": 100, "batch_size": 64, "lr": 2e-3, "max_minutes": 8.0},
             "data": {"dataset": "moses", "n_train": 40000, "n_test": 1000},
             "eval": {"n_samples": 1000},
         },
@@ -41,7 +43,9 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "eval": {"n_samples": 30, "gmm_k": 2},
         },
         "quick": {
-            "model": {"conv_channels": (2, 3, 4), "conv_kernels": (2, 3, 4), "enc_hidden": 100, "latent_dim": 25,
+            # bidirectional GRU encoder: greedy reconstruction 0.96 vs 0.47 for the paper's conv
+            # stack after 2 minutes each (README, expressions)
+            "model": {"grammar": "expressions_compact", "encoder": "gru", "enc_hidden": 100, "latent_dim": 25,
                       "dec_hidden": 128, "dec_layers": 1, "embed_dim": 32},
             "train": {"epochs": 30, "batch_size": 256, "lr": 2e-3, "max_minutes": 4.0},
             "data": {"dataset": "generated", "n_train": 100000, "n_test": 1000},

@@ -22,8 +22,13 @@ else
     || $PIP install torch
 fi
 
-echo "[setup] installing discrete_rae and its dependencies"
-$PIP install -e ".[dev]"
+# Pin the torch now installed (CPU or CUDA build, whichever it is) so that no dependency, e.g.
+# botorch of the optimize extra, swaps it for another build from PyPI.
+CONSTRAINTS="$VENV/torch-constraints.txt"
+echo "torch==$($VENV/bin/python -c 'import torch; print(torch.__version__)')" > "$CONSTRAINTS"
+
+echo "[setup] installing discrete_rae and its dependencies (with the optimize extra: botorch)"
+$PIP install -e ".[dev,optimize]" -c "$CONSTRAINTS"
 # Data and metric packages whose own dependency pins do not install on Python 3.11: we only
 # read their files (molsets: the MOSES data; fcd_torch: the ChemNet weights), so skip their deps.
 $PIP install --no-deps molsets==0.3.1 fcd_torch==1.0.7

@@ -56,3 +56,16 @@ def prepared_for(tmp_path_factory):
 def _quiet_logs():
     logging.getLogger("discrete_rae").setLevel(logging.WARNING)
     yield
+
+
+@pytest.fixture(scope="session")
+def expr_run(tmp_path_factory):
+    """A finished smoke-preset grammar RAE on expressions (seconds), shared by the tests of the
+    commands that work on a run (optimize, interpolate); they must not modify it."""
+    from discrete_rae.cli import main
+
+    root = tmp_path_factory.mktemp("expr_run")
+    code = main(["train", "--domain", "expressions", "--model", "grammar_rae", "--preset", "smoke", "--runs-dir",
+                 str(root), "--run-name", "r", "--data-dir", str(root / "data"), "-q"])
+    assert code == 0
+    return root / "r"

@@ -75,3 +75,28 @@ def test_bad_checkpoint_is_reported(tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a zip")
     assert main(["sample", "--run", str(run), "-q"]) == 2
     assert "truncated or corrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("domain,grammar", [("molecules", "smiles_compact"), ("expressions", "expressions_compact")])
+def test_compact_grammar_run_and_paper_cutoff_on_evaluate(tmp_path, domain, grammar):
+    """The quick presets' compact grammars train end to end; `evaluate --length-mask false`
+    re-scores the same run with the Grammar VAE's cut-off (unfinished decodes are invalid)."""
+    assert _train(tmp_path, domain, "grammar_rae", "c", "--grammar", grammar) == 0
+    run = tmp_path / "c"
+    ckpt_codec = json.loads((run / "run.json").read_text())
+    assert ckpt_codec["grammar_hash"]
+    masked = json.loads((run / "metrics.json").read_text())
+    assert masked["unfinished"] == 0.0  # the length mask lets every decode finish
+    assert main(["evaluate", "--run", str(run), "--n", "30", "--length-mask", "false", "-q"]) == 0
+    plain = json.loads((run / "metrics.json").read_text())
+    assert 0 <= plain["unfinished"] <= 1 and plain["n_samples"] == 30
+
+
+def test_unknown_grammar_is_a_usage_error(tmp_path, capsys):
+    assert _train(tmp_path, "expressions", "grammar_rae", "g", "--grammar", "klingon") == 2
+    assert "unknown grammar 'klingon'" in capsys.readouterr().err
+
+
+def test_grammar_of_another_domain_is_a_usage_error(tmp_path, capsys):
+    assert _train(tmp_path, "expressions", "grammar_rae", "g", "--grammar", "smiles_compact") == 2
+    assert "does not describe the expressions domain" in capsys.readouterr().err

@@ -71,3 +71,18 @@ def test_trainer_reduces_loss(prepared_for):
     start = trainer.evaluate(prepared.val)["rec"]
     trainer.fit(prepared.train, prepared.val)
     assert trainer.evaluate(prepared.val)["rec"] < start
+
+
+def test_word_dropout_hides_history_only_in_training() -> None:
+    from discrete_rae.nn.sequence import AutoregressiveGRUDecoder
+
+    torch.manual_seed(0)
+    dec = AutoregressiveGRUDecoder(code_dim=4, vocab=7, length=12, hidden=16, embed=8, word_dropout=0.5)
+    z, ids = torch.randn(3, 4), torch.randint(0, 7, (3, 12))
+    dec.train()
+    assert not torch.equal(dec(z, ids), dec(z, ids))  # different tokens hidden each call
+    dec.eval()
+    assert torch.equal(dec(z, ids), dec(z, ids))
+    dec.word_dropout = 0.0
+    dec.train()
+    assert torch.equal(dec(z, ids), dec(z, ids))

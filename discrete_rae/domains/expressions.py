@@ -27,6 +27,12 @@ class ExpressionDomain(SequenceDomain):
     def grammar(self) -> Grammar:
         return Grammar.builtin(self.grammar_name)
 
+    @cached_property
+    def language(self) -> Grammar:
+        """The expression grammar without the model's length limit: validity is membership in
+        the language, whatever grammar (e.g. ``expressions_compact``) or length the model used."""
+        return Grammar.builtin(self.grammar_name, max_length=10_000)
+
     def load_texts(self, run: RunConfig, progress: bool) -> tuple[list[str], dict[str, Any]]:
         from ..data.expressions import load_expressions
 
@@ -38,7 +44,7 @@ class ExpressionDomain(SequenceDomain):
     def canonical(self, text: str) -> str | None:
         """The grammar's canonical spelling, or None when the text is not in the language."""
         try:
-            return self.grammar.unparse(self.grammar.parse(text))
+            return self.language.unparse(self.language.parse(text))
         except GrammarError:
             return None
 

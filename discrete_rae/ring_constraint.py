@@ -1,0 +1,151 @@
+"""Ring-closure bookkeeping for grammar decoding of SMILES (a semantic mask on top of the grammar).
+
+The SMILES grammar guarantees syntax but not that ring-bond digits pair up: on the quick
+preset, 30% of the GMM samples of the Grammar RAE failed RDKit only because a ring was left
+open or closed with the wrong digit. This module tracks, per sample, which ring digits are open
+while the leftmost derivation writes the string left to right, and masks two kinds of rules:
+
+- a ring digit that is neither open nor the lowest free digit (RDKit's canonical SMILES, the
+  training data, opens rings with the lowest free digit, so this keeps the data's convention
+  and makes a mistyped closing digit impossible);
+- a rule after which no pending symbol could write a ring digit while a ring is still open
+  (in particular, finishing the derivation with a ring open);
+- closing a ring on the atom that opened it (``C1-1``: RDKit rejects it).
+
+Which rules write ring digits is read from the grammar, by symbol names: rules of the ring
+non-terminals (``ringbond``, ``RB``, ``RB_tail``) whose right-hand side is one digit, and a
+``DIGIT -> d`` rule that expands the ``DIGIT`` of a ring rule (``ringbond -> bond DIGIT``).
+Two-digit labels (``%nn``) are not tracked. If the constraints leave a row no rule at all
+(e.g. the length limit forces an end), the row falls back to the grammar (and length) mask, so
+decoding never dead-ends; such a row may still come out invalid.
+
+It is the SD-VAE idea (Dai et al. 2018) for the one attribute that matters most here; valence
+and aromaticity are not checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from nltk.grammar import Nonterminal
+from torch import Tensor
+
+RING_SYMBOLS = ("ringbond", "RB", "RB_tail")
+DIGITS = "1234567890"  # the order in which RDKit's canonical SMILES reuses ring labels
+# terminals that begin a new atom (inside brackets the symbol repeats the reset harmlessly)
+ATOM_STARTS = frozenset({"[", "B", "C", "N", "O", "S", "P", "F", "I", "Cl", "Br", "c", "n", "o", "s"})
+
+
+def ring_tables(grammar: Any) -> dict[str, Tensor] | None:
+    """Per-rule tables, or None when the grammar has no ring symbols.
+
+    Returns ``direct`` [R] (digit written by a ring rule, else -1), ``via_digit`` [R] (digit of
+    a ``DIGIT -> d`` rule, else -1), ``arms`` [R] (the rule is a ring rule that pushes a
+    ``DIGIT`` to be expanded later; digits index ``DIGITS``) and ``new_atom`` [R] (the rule
+    writes the first terminal of an atom).
+    """
+    ring_nts = {s for s in RING_SYMBOLS if s in grammar._nt_index}
+    if not ring_nts:
+        return None
+    R = grammar.n_rules
+    direct = torch.full((R,), -1, dtype=torch.long)
+    via_digit = torch.full((R,), -1, dtype=torch.long)
+    arms = torch.zeros(R, dtype=torch.bool)
+    new_atom = torch.zeros(R, dtype=torch.bool)
+    for r, prod in enumerate(grammar.productions):
+        lhs, rhs = prod.lhs().symbol(), prod.rhs()
+        new_atom[r] = bool(rhs) and isinstance(rhs[0], str) and rhs[0] in ATOM_STARTS
+        one_digit = len(rhs) == 1 and isinstance(rhs[0], str) and rhs[0] in DIGITS
+        if lhs in ring_nts and one_digit:
+            direct[r] = DIGITS.index(rhs[0])
+        elif lhs == "DIGIT" and one_digit:
+            via_digit[r] = DIGITS.index(rhs[0])
+        elif lhs in ring_nts and "%" not in rhs and Nonterminal("DIGIT") in rhs:
+            arms[r] = True
+    # non-terminals that can still write a ring digit (fixpoint over the rules)
+    nts = grammar.nonterminals
+    can = {nt: nt in ring_nts for nt in nts}
+    changed = True
+    while changed:
+        changed = False
+        for prod in grammar.productions:
+            lhs = prod.lhs().symbol()
+            if not can.get(lhs, False) and any(isinstance(x, Nonterminal) and can.get(x.symbol(), False)
+                                               for x in prod.rhs()):
+                can[lhs] = changed = True
+    nt_ring = torch.tensor([can[nt] for nt in nts], dtype=torch.long)
+    rhs_ring = torch.tensor([sum(can.get(x.symbol(), False) for x in p.rhs() if isinstance(x, Nonterminal))
+                             for p in grammar.productions], dtype=torch.long)
+    return {"direct": direct, "via_digit": via_digit, "arms": arms, "new_atom": new_atom,
+            "nt_ring": nt_ring, "rhs_ring": rhs_ring, "digit_nt": torch.tensor(grammar._nt_index.get("DIGIT", -1))}
+
+
+class RingClosureState:
+    """Wraps a :class:`~discrete_rae.grammar.DecodeState`; same interface (allowed / push /
+    done / ids / ...), with the ring masks added to :meth:`allowed`.
+
+    State per row: ``open`` bit mask [B] over ``DIGITS``, ``here`` [B] (those opened at the
+    current atom), ``pending`` [B] (a ring rule pushed a ``DIGIT`` whose expansion is a ring digit).
+    """
+
+    def __init__(self, state: Any, tables: dict[str, Tensor]) -> None:
+        self.state = state
+        dev = state.device
+        self._direct = tables["direct"].to(dev)
+        self._via = tables["via_digit"].to(dev)
+        self._arms = tables["arms"].to(dev)
+        self._new_atom = tables["new_atom"].to(dev)
+        self._nt_ring, self._rhs_ring = tables["nt_ring"].to(dev), tables["rhs_ring"].to(dev)
+        self._digit_nt = int(tables["digit_nt"])
+        self._rhs_len = state._rhs_len
+        B = state.batch_size
+        self.open = torch.zeros(B, dtype=torch.long, device=dev)
+        self.here = torch.zeros(B, dtype=torch.long, device=dev)
+        # pending symbols (stack entries, plus a pending ring DIGIT) that can still write a ring digit
+        self.cap = self._nt_ring[state.top()].clone()
+        self.pending = torch.zeros(B, dtype=torch.bool, device=dev)
+        self._bits = 2 ** torch.arange(len(DIGITS), device=dev)  # [10]
+
+    def __getattr__(self, name: str) -> Any:  # done, ids, complete, lengths, ... of the wrapped state
+        return getattr(self.state, name)
+
+    def _digits(self) -> Tensor:
+        """[B, R] ring digit each rule would write now (-1: none)."""
+        via = torch.where(self.pending.unsqueeze(1), self._via.unsqueeze(0), torch.full_like(self._via, -1))
+        return torch.where(self._direct >= 0, self._direct.unsqueeze(0), via)
+
+    def allowed(self) -> Tensor:
+        base = self.state.allowed()  # [B, R] grammar (+ length) mask
+        digit = self._digits()
+        has = digit >= 0
+        bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
+        is_open = (self.open.unsqueeze(1) & bit) != 0
+        free = (self.open.unsqueeze(1) & self._bits.unsqueeze(0)) == 0  # [B, 10]
+        lowest_free = torch.where(free.any(1), free.long().argmax(1), torch.full_like(self.open, -1))
+        opened_here = (self.here.unsqueeze(1) & bit) != 0
+        digit_ok = ~has | (is_open & ~opened_here) | (digit == lowest_free.unsqueeze(1))
+        n_open = ((self.open.unsqueeze(1) & self._bits.unsqueeze(0)) != 0).sum(1, keepdim=True)
+        open_after = n_open + has.long() * (1 - 2 * is_open.long())
+        cap_after = (self._cap_left(self.state.top()).unsqueeze(1) + self._rhs_ring.unsqueeze(0)
+                     + self._arms.long().unsqueeze(0))
+        ok = base & digit_ok & ((open_after == 0) | (cap_after > 0))
+        return torch.where(ok.any(1, keepdim=True), ok, base)  # never leave a row without a rule
+
+    def _cap_left(self, top: Tensor) -> Tensor:
+        """[B] capability left once the top symbol is expanded (it, or the pending DIGIT, is used up)."""
+        used = self._nt_ring[top] + (self.pending & (top == self._digit_nt)).long()
+        return self.cap - used
+
+    def push(self, rule_ids: Tensor, check: bool = True) -> None:
+        rule = rule_ids.to(device=self.open.device, dtype=torch.long).reshape(-1)
+        self.cap = self._cap_left(self.state.top()) + self._rhs_ring[rule] + self._arms[rule].long()
+        digit = self._digits().gather(1, rule.unsqueeze(1)).squeeze(1)
+        has = digit >= 0
+        bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
+        opening = has & ((self.open & bit) == 0)
+        self.here = torch.where(self._new_atom[rule], torch.zeros_like(self.here), self.here)
+        self.here |= torch.where(opening, bit, torch.zeros_like(bit))
+        self.open ^= bit
+        self.pending = (self.pending & ~has) | self._arms[rule]
+        self.state.push(rule, check=check)
