@@ -114,7 +114,8 @@ FIELD_HELP = {
     "straight_through": "Gumbel: one-hot forward, relaxed gradient",
     "categorical_mode": "deterministic categorical code: argmax (straight-through) | softmax",
     "codec": "sequence codec: grammar (production rules) | char (characters)",
-    "grammar": "builtin grammar for the grammar codec: smiles | smiles_compact | expressions | expressions_compact (default: the domain's)",
+    "grammar": ("builtin grammar for the grammar codec: smiles | smiles_compact | expressions | "
+                "expressions_compact; empty = the domain's"),
     "max_length": "sequence length; 0 = longest in the data",
     "encoder": "sequence encoder: conv (Grammar VAE) | gru (bidirectional)",
     "conv_channels": "conv encoder channels, comma-separated",
