@@ -66,7 +66,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _launch(root: Path, name: str, *extra: str, **env: str) -> subprocess.Popen:
     argv = ["--domain", "expressions", "--model", MODEL, "--preset", "smoke", "--epochs", str(EPOCHS),
             "--runs-dir", str(root), "--run-name", name, "--data-dir", str(root / "data"), "--device", "cpu",
-            "-q", *extra]
+            "--threads", "1", "-q", *extra]  # three runs at once: one thread each
     log = open(root / f"{name}.out", "ab")
     return subprocess.Popen([sys.executable, "-c", WRAPPER, *argv], cwd=root, env=_env(**env), stdout=log,
                             stderr=subprocess.STDOUT)
@@ -88,8 +88,10 @@ def _kill_mid_epoch_two(proc: subprocess.Popen, run: Path, progress: Path) -> in
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         logged = _epochs_logged(run)
-        if logged and progress.is_file() and progress.read_text().strip():
-            step = int(progress.read_text())
+        # read once: the writer truncates and rewrites the file, so a read may see it empty
+        text = progress.read_text().strip() if progress.is_file() else ""
+        if logged and text.isdigit():
+            step = int(text)
             if step >= logged[0]["step"] + 2:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=60)
