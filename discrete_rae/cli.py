@@ -406,19 +406,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate_loaded, load_run
+    from .pipeline import DECODING_OPTIONS, apply_decoding_options, evaluate_loaded, load_run
 
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)
     if args.recon_protocol:
         loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
-    for key in ("length_mask", "ring_mask"):  # decoding options: re-score the same run with or without
-        value = getattr(args, key)
-        if value is not None:
-            loaded.run.eval = replace(loaded.run.eval, {key: value == "true"})
-            if hasattr(loaded.model.codec, key):
-                setattr(loaded.model.codec, key, value == "true")
+    # decoding options: re-score the same run with or without them
+    overrides = {key: getattr(args, key) == "true" for key in DECODING_OPTIONS if getattr(args, key) is not None}
+    if overrides:
+        loaded.run.eval = replace(loaded.run.eval, overrides)
+        apply_decoding_options(loaded.model.codec, loaded.run.eval)
     domain = DOMAINS.get(loaded.run.domain)
     if args.benchmark and loaded.run.domain != "molecules":
         raise UsageError(f"--benchmark {args.benchmark} needs a molecules run, not {loaded.run.domain}")

@@ -344,12 +344,14 @@ class DecodeState:
         rule = rule_ids.to(device=self.device, dtype=torch.long).reshape(-1)
         if rule.shape[0] != self.batch_size:
             raise ValueError(f"expected {self.batch_size} rules, got {rule.shape[0]}")
+        top = self.top()
         if check:
-            ok = self._masks.index_select(0, self.top()).gather(1, rule.unsqueeze(1)).squeeze(1)
+            ok = self._masks.index_select(0, top).gather(1, rule.unsqueeze(1)).squeeze(1)
             if not bool(ok.all()):
                 bad = int((~ok).nonzero()[0, 0])
                 raise ValueError(f"rule {int(rule[bad])} is not allowed for sample {bad} at step {self.t}")
-        self.need += self._rhs_min.index_select(0, rule) - self._nt_min.index_select(0, self.top())
+        if self.length_mask:  # only the length mask reads `need`
+            self.need += self._rhs_min.index_select(0, rule) - self._nt_min.index_select(0, top)
         # pop (empty stacks stay empty: the pad rule pushes nothing)
         ptr = (self.ptr - 1).clamp_(min=0)
         # write all K slots above the new top; slots past the rule's RHS are never read
@@ -1517,8 +1519,16 @@ def compact_grammar_text(text: str, right_recursive: bool = True) -> str:
 
 
 def builtin_names() -> list[str]:
-    """Names accepted by :meth:`Grammar.builtin`: the packaged files and their ``_compact`` forms."""
-    return ["expressions", "expressions_compact", "smiles", "smiles_compact"]
+    """Names accepted by :meth:`Grammar.builtin`: the packaged ``.cfg`` files and their ``_compact`` forms."""
+    names: set[str] = set()
+    try:
+        from importlib.resources import files
+
+        names |= {res.name[:-4] for res in files("discrete_rae.grammars").iterdir() if res.name.endswith(".cfg")}
+    except (ModuleNotFoundError, ImportError):
+        pass
+    names |= {path.stem for path in (Path(__file__).resolve().parent.parent / "grammars").glob("*.cfg")}
+    return sorted(names | {name + COMPACT_SUFFIX for name in names})
 
 
 def _builtin_text(name: str) -> str:

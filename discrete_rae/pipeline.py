@@ -53,11 +53,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+DECODING_OPTIONS = ("length_mask", "ring_mask")  # EvalConfig fields that the grammar codec reads
+
+
+def apply_decoding_options(codec: Any, cfg: EvalConfig) -> None:
+    """Copy the decoding options of ``cfg`` onto a codec that has them (the grammar codec)."""
+    for key in DECODING_OPTIONS:
+        if hasattr(codec, key):
+            setattr(codec, key, bool(getattr(cfg, key)))
+
+
 def build_model(run: RunConfig, codec: Any) -> torch.nn.Module:
     """The registered model for ``run`` over ``codec``; the codec takes the run's decoding options."""
-    if hasattr(codec, "length_mask"):
-        codec.length_mask = bool(run.eval.length_mask)
-        codec.ring_mask = bool(run.eval.ring_mask)
+    apply_decoding_options(codec, run.eval)
     return MODELS.get(run.model_name).build(run.model, codec)
 
 

@@ -37,7 +37,7 @@ DIGITS = "1234567890"  # the order in which RDKit's canonical SMILES reuses ring
 ATOM_STARTS = frozenset({"[", "B", "C", "N", "O", "S", "P", "F", "I", "Cl", "Br", "c", "n", "o", "s"})
 
 
-def ring_tables(grammar: Any) -> dict[str, Tensor] | None:
+def ring_tables(grammar: Any) -> dict[str, Any] | None:
     """Per-rule tables, or None when the grammar has no ring symbols.
 
     Returns ``direct`` [R] (digit written by a ring rule, else -1), ``via_digit`` [R] (digit of
@@ -78,7 +78,7 @@ def ring_tables(grammar: Any) -> dict[str, Tensor] | None:
     rhs_ring = torch.tensor([sum(can.get(x.symbol(), False) for x in p.rhs() if isinstance(x, Nonterminal))
                              for p in grammar.productions], dtype=torch.long)
     return {"direct": direct, "via_digit": via_digit, "arms": arms, "new_atom": new_atom,
-            "nt_ring": nt_ring, "rhs_ring": rhs_ring, "digit_nt": torch.tensor(grammar._nt_index.get("DIGIT", -1))}
+            "nt_ring": nt_ring, "rhs_ring": rhs_ring, "digit_nt": grammar._nt_index.get("DIGIT", -1)}
 
 
 class RingClosureState:
@@ -89,7 +89,7 @@ class RingClosureState:
     current atom), ``pending`` [B] (a ring rule pushed a ``DIGIT`` whose expansion is a ring digit).
     """
 
-    def __init__(self, state: Any, tables: dict[str, Tensor]) -> None:
+    def __init__(self, state: Any, tables: dict[str, Any]) -> None:
         self.state = state
         dev = state.device
         self._direct = tables["direct"].to(dev)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data.cache import texts_sha256
 from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
-from ..grammar import Grammar, builtin_names
+from ..grammar import Grammar
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,8 @@ class SequenceDomain(Domain):
         raise NotImplementedError
 
     def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
-        if kind == "grammar":
-            name = grammar or self.grammar_name
-            if name not in builtin_names():
-                raise ValueError(f"unknown grammar {name!r}; choose one of: {', '.join(builtin_names())}")
-            return GrammarCodec(Grammar.builtin(name))
+        if kind == "grammar":  # an unknown name raises GrammarError (the CLI checks it first)
+            return GrammarCodec(Grammar.builtin(grammar or self.grammar_name))
         return CharCodec.fit(texts, max_length or None)
 
     def prepare(self, run: RunConfig, codec_state: dict | None = None, progress: bool = True) -> Prepared:
