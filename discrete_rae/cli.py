@@ -34,8 +34,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 COMMAND_MODULES = ("discrete_rae.optimize", "discrete_rae.interpolate")
 
 
-class UsageError(Exception):
-    """A user mistake on the command line; printed as one line, exit code 2."""
+from .errors import UsageError  # noqa: E402  (re-exported: commands raise cli.UsageError)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -230,53 +229,32 @@ def validate(run: RunConfig) -> None:
         raise UsageError("--word-dropout must be in [0, 1)")
 
 
-def _unique_run_dir(runs_dir: Path, base: str) -> Path:
-    path, i = runs_dir / base, 2
-    while path.exists():
-        path, i = runs_dir / f"{base}-{i}", i + 1
-    return path
-
-
 def check_train_flags(args: argparse.Namespace) -> None:
-    """Contradictory train flags, caught before anything is read or written."""
+    """Contradictory train flags and unsafe run names, caught before anything is read or written."""
+    from .rundir import check_run_name, run_path
+
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pick one")
     if args.resume and not args.run_name:
         raise UsageError("--resume needs --run-name NAME (the run to continue)")
-    if args.resume and not (Path(args.runs_dir) / args.run_name / "checkpoint.pt").is_file():
+    if args.run_name is not None:
+        check_run_name(args.run_name)
+    if args.resume and not (run_path(args.runs_dir, args.run_name) / "checkpoint.pt").is_file():
         raise UsageError(f"--resume: {Path(args.runs_dir) / args.run_name}/checkpoint.pt does not exist; "
                          "nothing to resume")
 
 
-def run_dir_for(args: argparse.Namespace, run: RunConfig) -> Path:
-    """The run directory: the existing one for --resume, else a new one created here (claimed
-    atomically, so two runs never share it; an existing one is replaced only with --overwrite)."""
-    check_train_flags(args)
-    runs_dir = Path(args.runs_dir)
-    if args.resume:
-        return runs_dir / args.run_name
-    if args.run_name:
-        path = runs_dir / args.run_name
-        if path.exists() and not args.overwrite:
-            raise UsageError(f"run directory {path} already exists; use --resume to continue it, "
-                             "--overwrite to replace it, or another --run-name")
-        if path.exists():
-            import shutil
+def run_dir_for(args: argparse.Namespace, run: RunConfig | None) -> Any:
+    """Claim the run directory (a ``rundir.RunClaim``): the existing one for --resume, else a new
+    one; an existing one is replaced only with --overwrite, and only once the new run has a
+    checkpoint (see discrete_rae.rundir). The claim's lock keeps a second process out."""
+    from .rundir import claim, claim_new
 
-            shutil.rmtree(path)
-        try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            raise UsageError(f"run directory {path} was just created by another process; "
-                             "use another --run-name") from None
-        return path
-    while True:
-        path = _unique_run_dir(runs_dir, f"{run.model_name}-{run.domain}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:  # another run took the name meanwhile: try the next one
-            continue
+    check_train_flags(args)
+    if args.run_name:
+        return claim(args.runs_dir, args.run_name, resume=args.resume, overwrite=args.overwrite)
+    assert run is not None, "a new run without --run-name is named after its config"
+    return claim_new(args.runs_dir, f"{run.model_name}-{run.domain}")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -307,23 +285,35 @@ def cmd_train(argv: Sequence[str]) -> int:
     try:
         if dist.world_size > 1 and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
-        resolved = _resolve_on_main(args, dist)
-        if resolved is None:  # rank 0 failed and reported it
-            return EXIT_USAGE
-        run, run_dir = resolved
-        return _train_in(run, run_dir, args, dist, device, amp)
+        holder: list[Any] = []  # rank 0's RunClaim (lock + pending replacement)
+        try:
+            resolved = _resolve_on_main(args, dist, holder)
+            if resolved is None:  # rank 0 failed and reported it
+                return EXIT_USAGE
+            run, run_dir = resolved
+            return _train_in(run, run_dir, args, dist, device, amp)
+        finally:
+            for run_claim in holder:
+                run_claim.settle()
+                run_claim.release()
     finally:
         dist.close()
 
 
-def _resolve_on_main(args: argparse.Namespace, dist: Any) -> tuple[RunConfig, Path] | None:
-    """Rank 0 resolves (config, run directory); every rank gets the answer, None if it failed."""
+def _resolve_on_main(args: argparse.Namespace, dist: Any, holder: list[Any]) -> tuple[RunConfig, Path] | None:
+    """Rank 0 resolves (config, run directory) and keeps the directory's claim in ``holder``;
+    every rank gets the answer, None if it failed."""
     result: tuple[RunConfig, Path] | None = None
     failed: BaseException | None = None
     if dist.is_main:
         try:
-            run = _resume_config(Path(args.runs_dir) / args.run_name, args) if args.resume else resolve_run_config(args)
-            result = (run, run_dir_for(args, run))
+            if args.resume:  # claim (lock) the run before reading its checkpoint
+                holder.append(run_dir_for(args, None))
+                run = _resume_config(holder[0].path, args)
+            else:
+                run = resolve_run_config(args)
+                holder.append(run_dir_for(args, run))
+            result = (run, holder[0].path)
         except Exception as err:  # noqa: BLE001 - re-raised below once the other ranks know
             failed = err
     result = dist.broadcast_object(result)

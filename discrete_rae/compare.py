@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from . import cli
+from .rundir import check_run_name
 
 log = logging.getLogger(__name__)
 
@@ -1038,6 +1039,7 @@ def obtain_sides(args: argparse.Namespace, device: torch.device) -> tuple[list[S
                 raise cli.UsageError(f"--runs: {d}/checkpoint.pt does not exist")
         labels = [d.name for d in dirs]
         name = args.name or "-vs-".join(labels)
+        check_run_name(f"compare-{name}", "--name")
         sides = [load_side(lab, d, device) for lab, d in zip(labels, dirs)]
         if sides[0].run.domain != sides[1].run.domain:
             raise cli.UsageError(f"--runs: {sides[0].run.domain} and {sides[1].run.domain} runs cannot be compared")
@@ -1046,7 +1048,8 @@ def obtain_sides(args: argparse.Namespace, device: torch.device) -> tuple[list[S
     models = _pair(args.models, "--models")
     if models[0] == models[1]:
         raise cli.UsageError("--models: name two different models (or compare two runs with --runs)")
-    out_dir = runs_dir / f"compare-{args.name or '-vs-'.join(models) + '-' + (dataset or domain)}"
+    out_dir = runs_dir / check_run_name(f"compare-{args.name or '-vs-'.join(models) + '-' + (dataset or domain)}",
+                                        "--name")
     overrides = overrides_for(args, domain, dataset)
     runs = [run_config(domain, m, args.preset, args.config, overrides) for m in models]
     for run, model in zip(runs, models):

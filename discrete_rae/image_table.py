@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cli
+from .rundir import check_run_name
 from .config import to_toml
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def run_image_table(args: argparse.Namespace) -> int:
     cli.set_threads(args.threads)
     device = cli.choose_device(args.device)
     amp = cli.choose_precision(args.precision, device)
-    table_dir = Path(args.runs_dir) / f"image-table-{args.dataset}"
+    table_dir = Path(args.runs_dir) / check_run_name(f"image-table-{args.dataset}", "--dataset")
     t0 = time.monotonic()
     rows = [{**train_or_reuse(name, args, table_dir, device, amp), "model": name} for name in models]
     inception = inception_scores(models, table_dir, device, rows[0].get("n_samples", 1000)) if args.inception else None

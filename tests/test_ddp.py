@@ -81,7 +81,7 @@ def test_torchrun_cli_rank0_owns_the_run_directory(tmp_path):
     (runs / "grammar_rae-expressions").mkdir(parents=True)  # auto naming must step past it, once
     proc = _torchrun(*_train_argv(runs), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in runs.iterdir()) == ["grammar_rae-expressions", "grammar_rae-expressions-2"]
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["grammar_rae-expressions", "grammar_rae-expressions-2"]
     run = runs / "grammar_rae-expressions-2"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [3, 6]  # 2 x 64 per step

@@ -415,10 +415,13 @@ def test_auto_named_run_directories_are_claimed_not_reused(tmp_path):
     run = SimpleNamespace(model_name="grammar_rae", domain="expressions")
     (tmp_path / "grammar_rae-expressions").mkdir()
     (tmp_path / "grammar_rae-expressions" / "keep.txt").write_text("x")
-    first, second = run_dir_for(args, run), run_dir_for(args, run)
+    claims = run_dir_for(args, run), run_dir_for(args, run)
+    first, second = (c.path for c in claims)
     assert first.name == "grammar_rae-expressions-2" and second.name == "grammar_rae-expressions-3"
     assert first.is_dir() and second.is_dir()  # claimed at once, so no other run can take them
     assert (tmp_path / "grammar_rae-expressions" / "keep.txt").read_text() == "x"
+    for c in claims:
+        c.release()
 
 
 # --- GPU-path flags on the CPU --------------------------------------------------------------------
