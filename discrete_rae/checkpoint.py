@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -26,53 +26,27 @@ FORMAT_VERSION = 1
 _DIGEST_KEY = "digest"
 
 
-class CheckpointError(ValueError):
-    """A missing, truncated, corrupted or incompatible checkpoint."""
+from .errors import CheckpointError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the previous checkpoint or the new one, never a mix.
+    A crash at any moment leaves either the previous checkpoint or the new one, never a mix
+    (:func:`discrete_rae.io.atomic_write`, durable: the folder is fsynced too).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"format_version": FORMAT_VERSION, **payload}
     body.pop(_DIGEST_KEY, None)
     body[_DIGEST_KEY] = content_digest(body)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(body, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(Path(path), lambda fh: torch.save(body, fh), durable=True)
 
 
 def remove_stale_temporaries(path: Path) -> int:
-    """Delete ``path.name.*.tmp`` files left by a process killed inside :func:`save_atomic`."""
+    """Delete ``.path.name.*.tmp`` files (``path.name.*.tmp`` from older versions) left by a process
+    killed inside :func:`save_atomic`."""
     path = Path(path)
     removed = 0
-    for tmp in path.parent.glob(path.name + ".*.tmp"):
+    for tmp in [*path.parent.glob("." + path.name + ".*.tmp"), *path.parent.glob(path.name + ".*.tmp")]:
         try:
             tmp.unlink()
             removed += 1

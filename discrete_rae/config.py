@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A bad configuration value or file; the message names the key and the problem."""
+from .errors import ConfigError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 @dataclass

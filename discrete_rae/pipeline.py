@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .checkpoint import CheckpointError, codec_fingerprint, load_checkpoint, save_atomic
 from .codecs import codec_from_state
 from .config import ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, to_dict, to_toml
-from .registry import DOMAINS, MODELS, SAMPLERS, load_all
+from .catalog import load_all
+from .registry import DOMAINS, MODELS, SAMPLERS
 from .samplers import Sampler, build_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
 

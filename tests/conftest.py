@@ -11,7 +11,8 @@ import torch
 
 from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
 from discrete_rae.presets import get_preset
-from discrete_rae.registry import DOMAINS, MODELS, load_all
+from discrete_rae.catalog import load_all
+from discrete_rae.registry import DOMAINS, MODELS
 
 load_all()
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to oversubscription

@@ -17,7 +17,8 @@ import torch
 from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
 from discrete_rae.pipeline import build_model
 from discrete_rae.presets import get_preset
-from discrete_rae.registry import DOMAINS, MODELS, load_all
+from discrete_rae.catalog import load_all
+from discrete_rae.registry import DOMAINS, MODELS
 from discrete_rae.trainer import DistInfo, Trainer
 
 EPOCHS = 2

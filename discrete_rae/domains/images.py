@@ -416,5 +416,3 @@ PRESETS["images"] = {
         "eval": {"n_samples": 10000},
     },
 }
-
-from .. import image_table  # noqa: E402,F401  (registers the `image-table` command with the CLI)

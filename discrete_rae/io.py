@@ -1,0 +1,104 @@
+"""Generic file I/O written once: atomic writes and sha256 digests.
+
+Atomic write: the content goes to a hidden temporary file beside the target, is flushed and
+fsynced, then renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a
+crash at any moment leaves the old file or the new one, never a mix. The temporary file gets
+the umask's permissions (unlike ``tempfile.mkstemp``'s 0600), so the result reads like any
+other file. A failure removes the temporary file and re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Callable
+
+TMP_SUFFIX = ".tmp"
+
+
+def open_temp_beside(path: Path, suffix: str = TMP_SUFFIX) -> tuple[IO[bytes], Path]:
+    """A new hidden temporary file ``.NAME.PID.RANDOM.tmp`` next to ``path``, opened ``"xb"``."""
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return open(tmp, "xb"), tmp  # noqa: SIM115 - the caller closes it
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = False) -> Path:
+    """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Creates the parent folder. ``durable`` also fsyncs the folder, so the rename survives a
+    power cut (checkpoints; not needed for reports that can be rewritten).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh, tmp = open_temp_beside(path)
+    try:
+        with fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Atomically replace ``path`` by ``data``."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Atomically replace ``path`` by ``text`` (UTF-8)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> Path:
+    """Atomically write ``obj`` as JSON (with a final newline)."""
+    return write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """sha256 hex digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """sha256 hex digest of ``text`` in UTF-8."""
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in blocks of ``block`` bytes (OSError if unreadable)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
