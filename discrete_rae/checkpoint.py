@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write
+from .io import atomic_write, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _feed(h: Any, obj: Any) -> None:
 
 def codec_fingerprint(state: dict[str, Any]) -> str:
     """sha256 of a codec's ``state_dict()`` (grammar text, alphabet, lengths)."""
-    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_text(json.dumps(state, sort_keys=True, default=str))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ Run directory layout (``runs/NAME``):
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -21,14 +20,15 @@ from typing import Any
 
 import torch
 
-from .version import __version__
+from .catalog import load_all
 from .checkpoint import CheckpointError, codec_fingerprint, load_checkpoint, save_atomic
 from .codecs import codec_from_state
 from .config import ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, to_dict, to_toml
-from .catalog import load_all
+from .io import write_json, write_text
 from .registry import DOMAINS, MODELS, SAMPLERS
 from .samplers import Sampler, build_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
             "data_hash": prepared.info.get("data_hash"), "codec_hash": codec_fingerprint(prepared.codec.state_dict())}
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(run.sections()))
-        (run_dir / "run.json").write_text(json.dumps({"domain": run.domain, "model": run.model_name,
-                                                      "preset": run.preset, **meta}, indent=2, default=str))
+        write_text(run_dir / "config.toml", to_toml(run.sections()))
+        write_json(run_dir / "run.json", {"domain": run.domain, "model": run.model_name, "preset": run.preset, **meta},
+                   default=str)
     trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
                       checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
                       progress=progress)
@@ -163,7 +163,7 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     metrics.update({"train_seconds": round(train_seconds, 1), "prepare_seconds": round(prep_seconds, 1),
                     "epochs": state.epoch, "steps": state.step, "stopped": state.stopped or "epochs done",
                     "best_val_loss": state.best_val})
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(run_dir / "metrics.json", metrics, default=float)
     return metrics
 
 
