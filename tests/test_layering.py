@@ -149,3 +149,19 @@ def test_registry_and_errors_are_leaves() -> None:
     graph = import_graph(function_level=True)
     assert graph["discrete_rae.errors"] == set()
     assert graph["discrete_rae.registry"] <= {"discrete_rae", "discrete_rae.errors"}
+
+
+def test_library_use_loads_no_command_line() -> None:
+    """At run time too (imports by name included): the library and every plugin load without
+    the command line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from discrete_rae import api, pipeline; from discrete_rae.catalog import load_all; "
+            "load_all(); import discrete_rae.compare, discrete_rae.image_table, discrete_rae.optimize, "
+            "discrete_rae.interpolate; "
+            "bad = sorted(m for m in sys.modules if m == 'discrete_rae.cli' or m.startswith('discrete_rae.commands')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
