@@ -28,6 +28,7 @@ from discrete_rae.metrics.similarity import (
     mean_pairwise_tanimoto,
     morgan_fingerprints,
     nearest_neighbour_within,
+    pairwise_tanimoto_row_means,
     tanimoto_matrix,
 )
 
@@ -185,6 +186,20 @@ def test_mean_pairwise_and_weights() -> None:
     assert math.isnan(mean_pairwise_tanimoto(np.zeros((0, 8), np.uint8))[1])
 
 
+def test_row_means_and_internal_diversity_with_weights() -> None:
+    fps = morgan_fingerprints(MOLS)
+    w = np.arange(1, len(MOLS) + 1)
+    rep = np.repeat(np.arange(len(MOLS)), w)  # the weights written out as duplicate rows
+    full = _rdkit_sim_matrix(MOLS, MOLS)[np.ix_(rep, rep)]
+    rows = pairwise_tanimoto_row_means(fps, weights=w, block=3)  # several off-diagonal blocks
+    np.testing.assert_allclose(rows[1][rep], full.mean(1), atol=1e-6)
+    np.testing.assert_allclose(rows[2][rep], (full**2).mean(1), atol=1e-6)
+    div = mm.internal_diversity(fps, w)
+    assert div["IntDiv"] == pytest.approx(1 - full.mean(), abs=1e-6)
+    assert div["IntDiv2"] == pytest.approx(1 - np.sqrt((full**2).mean(1)).mean(), abs=1e-6)
+    assert div["IntDiv2"] > 1 - math.sqrt((full**2).mean())  # Jensen: root per row, then mean
+
+
 def test_nearest_neighbour_within() -> None:
     fps = morgan_fingerprints(MOLS)
     sim = _rdkit_sim_matrix(MOLS, MOLS)
@@ -243,6 +258,11 @@ def test_kl_divergences() -> None:
         ("CCI", False),  # iodine not allowed
         ("S=C1SC(=Cc2ccccc2)C(=O)N1", False),  # PAINS ene_rhod
         ("Oc1ccc(N)cc1", False),  # PAINS anil_no_alk
+        ("O=CC1CCCCC1", False),  # MCF7 aldehyde
+        ("CCCCBr", False),  # MCF4 primary alkyl halide
+        ("CC1CO1", False),  # MCF5 epoxide
+        ("CN=NC", False),  # MCF11 azo
+        ("CC(C)(C)Br", True),  # tertiary halide: MCF4 needs a CH2
         ("C1CC", False),  # invalid
     ],
 )
@@ -278,7 +298,8 @@ def test_moses_self_reference(small_refs: dict) -> None:
         assert out[key] == pytest.approx(0.0, abs=1e-12)
     sim = _rdkit_sim_matrix(MOLS, MOLS)
     assert out["IntDiv"] == pytest.approx(1 - sim.mean(), abs=1e-6)
-    assert out["IntDiv2"] == pytest.approx(1 - math.sqrt((sim**2).mean()), abs=1e-6)
+    # molsets takes the square root per molecule, then averages (not the paper's root of the mean)
+    assert out["IntDiv2"] == pytest.approx(1 - np.sqrt((sim**2).mean(1)).mean(), abs=1e-6)
     assert out["Filters"] == pytest.approx(np.mean([md.passes_filters(s) for s in MOLS]))
     assert "FCD/Ref" not in out
 
