@@ -63,6 +63,14 @@ def _as_bits(fps: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _row_popcounts(t: torch.Tensor) -> torch.Tensor:
+    """Set bits per row (int64 ``[N]``) of a 0/1 matrix."""
+    if t.device.type == "cpu" and t.dtype == torch.uint8:
+        # torch's uint8 -> int64 row sum is ~10x slower than NumPy's (seconds for 176k x 1024)
+        return torch.from_numpy(np.ascontiguousarray(t.numpy()).sum(1, dtype=np.int64))
+    return t.sum(1, dtype=torch.int64)
+
+
 def _pick_dtype(max_popcount: int, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is None:
         return torch.float16 if max_popcount <= _FP16_EXACT_MAX else torch.float32
@@ -77,7 +85,7 @@ class _Bags:
     """The set bits of each fingerprint in ``embedding_bag`` (indices, offsets) form."""
 
     def __init__(self, fps: torch.Tensor) -> None:
-        self.popcount = fps.sum(1, dtype=torch.int64)
+        self.popcount = _row_popcounts(fps)
         self.indices = fps.nonzero(as_tuple=True)[1]  # row-major, so grouped by row
         self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.popcount.cumsum(0)])
 
@@ -125,7 +133,7 @@ def max_tanimoto(
     if n == 0 or m == 0:
         return np.zeros(n, np.float64)
     bags = _Bags(q)
-    r_pc = r.sum(1, dtype=torch.int64)
+    r_pc = _row_popcounts(r)
     dt = _pick_dtype(int(max(bags.popcount.max(), r_pc.max())), dtype)
     order = torch.argsort(r_pc, stable=True)
     r_sorted = r[order]
