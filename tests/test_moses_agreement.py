@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import math
 import sys
 import types
@@ -38,10 +39,11 @@ SNN_ROWS_DEFAULT_TEST = 30_000
 
 
 def _molsets_package_dir() -> Path | None:
-    data_dir = moses_data.moses_data_dir()
-    if data_dir is None:
+    """The installed ``moses`` package folder of the molsets distribution (not imported here)."""
+    try:
+        pkg = Path(str(importlib.metadata.distribution("molsets").locate_file("moses")))
+    except importlib.metadata.PackageNotFoundError:
         return None
-    pkg = data_dir.parent.parent  # <site-packages>/moses/dataset/data -> <site-packages>/moses
     return pkg if (pkg / "metrics" / "metrics.py").is_file() else None
 
 
@@ -52,7 +54,7 @@ pytestmark = pytest.mark.skipif(_molsets_package_dir() is None, reason="molsets 
 @contextlib.contextmanager
 def molsets_imported() -> Iterator[Any]:
     """molsets' ``moses`` package with the three shims, all undone (and ``moses`` unloaded) on exit."""
-    import pandas as pd
+    import pandas as pd  # molsets' metric code needs it (the dev extra installs it)
 
     saved_modules = set(sys.modules)
     six = types.ModuleType("rdkit.six")
@@ -79,7 +81,6 @@ def molsets_imported() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def moses_pkg() -> Iterator[Any]:
-    pytest.importorskip("pandas", reason="molsets' metric code needs pandas (the dev extra)")
     with molsets_imported() as moses:
         yield moses
 
@@ -240,3 +241,14 @@ def test_agrees_with_molsets_get_all_metrics(moses_pkg: Any, molecule_mix: list[
     ours = mm.moses_metrics(molecule_mix, train=train_subset, progress=False, references=references)
     assert set(theirs) == set(mm.MOSES_KEYS)
     _compare(ours, theirs)
+
+
+def test_filter_smarts_are_molsets_own(moses_pkg: Any) -> None:
+    from rdkit import Chem
+
+    from discrete_rae.metrics import mol_descriptors as md
+    from moses.metrics import utils as moses_utils
+
+    theirs = [Chem.MolToSmarts(q) for q in moses_utils._filters]
+    ours = [Chem.MolToSmarts(q) for q in md.filter_patterns()]
+    assert len(ours) == 502 and ours == theirs
