@@ -114,7 +114,7 @@ def train_throughput(train_argv: list[str], steps: int, warmup: int, max_seconds
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "warmup_steps": warmup, "warmup_s": round(warm_s, 2), "timed_steps": done, "timed_s": round(seconds, 3),
         "steps_per_s": round(done / seconds, 2), "examples_per_s": round(per_s, 1),
-        "epoch_size": epoch_size, "projected_epoch_s": round(epoch_size / per_s, 1),
+        "epoch_size": epoch_size, "projected_epoch_s": round(epoch_size / per_s, 2),
         "first_loss": round(losses[0], 3), "last_loss": round(losses[-1], 3),
         "losses_finite": all(math.isfinite(v) for v in losses),
         "threads": torch.get_num_threads(), **device_info(device),

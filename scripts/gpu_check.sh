@@ -42,7 +42,7 @@ INSTALL=("$PY" -m pip install --disable-pip-version-check -q --no-index --no-dep
 
 if [ "$DRY" = 1 ]; then
   echo "[gpu_check] dry run: nothing is installed or run"
-  echo "stage install (budget 60 s): ${#WHEELS[@]} wheels from $WHL into $SITE"
+  echo "stage install (budget 45 s): ${#WHEELS[@]} wheels from $WHL into $SITE"
   echo "    ${INSTALL[*]} $WHL/*.whl"
   echo "    export PYTHONPATH=$PWD:$SITE"
   echo "global limit: timeout $TOTAL s for everything (GPU_CHECK_TOTAL_S)"
@@ -57,7 +57,12 @@ LOG="$OUTDIR/gpu_check.log"
 if [ "${#WHEELS[@]}" -gt 0 ]; then
   echo "[gpu_check] installing ${#WHEELS[@]} wheels into $SITE" | tee -a "$LOG"
   rm -rf "$SITE"
-  if ! timeout 60 "${INSTALL[@]}" "${WHEELS[@]}" >>"$LOG" 2>&1; then
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    # no pip: a wheel is a zip archive laid out as installed files, so unpacking it installs it
+    echo "[gpu_check] no pip for $PY: unpacking the wheels instead" | tee -a "$LOG"
+    INSTALL=(sh -c 'for w in "$@"; do "$0" -m zipfile -e "$w" "'"$SITE"'" || exit 1; done' "$PY")
+  fi
+  if ! timeout 45 "${INSTALL[@]}" "${WHEELS[@]}" >>"$LOG" 2>&1; then
     echo "error: installing the wheels of $WHL failed (see $LOG)" | tee -a "$LOG" >&2
     printf '{"check": "gpu_check", "pass": false, "stages": {"install": {"status": "fail"}}}\n' \
       > "$OUTDIR/gpu_check.json"

@@ -53,7 +53,8 @@ DATA_FILE="$DIR/moses_sample.smi.gz"
 if [ "$MEASURE_ONLY" = 0 ]; then
   if [ -d .git ] || git rev-parse --git-dir >/dev/null 2>&1; then
     if ! git check-ignore -q "$DIR/x.whl"; then
-      echo "error: $DIR is not git-ignored; add it to .gitignore before downloading into it" >&2
+      echo "error: $DIR is not a git-ignored folder inside the repository (only such a folder can be carried);" \
+           "add it to .gitignore before downloading into it" >&2
       exit 2
     fi
   fi
