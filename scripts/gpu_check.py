@@ -88,7 +88,7 @@ if torch.cuda.is_available():
 import torch.distributed as td
 out["nccl_available"] = td.is_available() and td.is_nccl_available()
 missing = []
-for name in ("discrete_rae", "rdkit", "nltk", "selfies", "tqdm", "sklearn", "numpy", "PIL", "botorch", "pytest"):
+for name in ("discrete_rae", "rdkit", "nltk", "selfies", "tqdm", "sklearn", "numpy", "PIL"):
     try:
         mod = importlib.import_module(name)
         out[name] = getattr(mod, "__version__", "?")
