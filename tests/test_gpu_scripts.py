@@ -194,3 +194,21 @@ def _json_of(text: str) -> dict:
     found = gpu_check.last_json(text)
     assert found is not None, text[-2000:]
     return found
+
+
+def test_main_job_judge_reads_the_metrics_and_copies_the_small_files(tmp_path):
+    ctx = gpu_check.Context(sys.executable, "d", tmp_path / "out", tmp_path / "work", "cuda")
+    run = tmp_path / "work" / "runs" / gpu_check.MAIN_RUN
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"valid": 0.5, "unique": 1.0, "recon_accuracy": 0.1,
+                                                  "steps": 900, "model": "grammar_rae"}))
+    (run / "checkpoint.pt").write_bytes(b"0" * 1000)
+    done = gpu_check.Outcome(0, "", 12.34)
+    ok, figures = gpu_check.judge_main_job(ctx, [done])
+    assert ok and figures == {"valid": 0.5, "unique": 1.0, "recon_accuracy": 0.1, "steps": 900,
+                              "seconds_total": 12.3}
+    copied = tmp_path / "out" / "runs" / gpu_check.MAIN_RUN
+    assert (copied / "metrics.json").is_file() and not (copied / "checkpoint.pt").exists()
+    assert gpu_check.judge_main_job(ctx, [gpu_check.Outcome(1, "", 1.0)])[0] is False
+    (run / "metrics.json").unlink()
+    assert gpu_check.judge_main_job(ctx, [done]) == (False, {})
