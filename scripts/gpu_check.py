@@ -160,7 +160,7 @@ def fixed_steps(ctx: Context) -> list[str]:
 def train_help_flags(python: str) -> set[str]:
     """The long options that ``train.py --help`` lists (empty if it fails)."""
     try:
-        proc = subprocess.run([python, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([python, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return set()
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", proc.stdout))
@@ -322,7 +322,7 @@ def run_all(ctx: Context, stages: list[Stage], budget: float) -> dict[str, Any]:
     start = time.monotonic()
     deadline = start + budget
     summary: dict[str, Any] = {"check": "gpu_check", "device": ctx.device, "data": ctx.data,
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": budget, "stages": {}}
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": round(budget, 1), "stages": {}}
     with open(ctx.out / "gpu_check.log", "a") as log:
         for stage in stages:
             result = run_stage(stage, ctx, deadline, log, env)
