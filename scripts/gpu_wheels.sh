@@ -42,12 +42,13 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
-# The packages the GPU machine lacks, pinned to the versions the test suite runs with here.
-# rdkit (needs numpy, Pillow: both come with torch/torchvision), nltk and its own needs
-# (click, regex, tqdm; joblib comes with scikit-learn), selfies (the SELFIES codec),
-# pytest-timeout (pyproject sets a pytest timeout).
-BINARY_WHEELS="rdkit==2026.9.1 regex==2026.11.15"
-PURE_WHEELS="nltk==3.10.4 click==8.5.1 tqdm==4.70.1 selfies==2.2.0 pytest-timeout==2.4.0 ${GPU_WHEELS_EXTRA:-}"
+# The packages the GPU machine lacks: rdkit (needs numpy and Pillow, which come with
+# torch/torchvision), nltk and what it imports (regex, click, tqdm; joblib comes with
+# scikit-learn), selfies (the SELFIES codec), pytest-timeout (pyproject sets a pytest timeout).
+# Each is pinned to the version installed beside $PYTHON (the one the tests ran with), else to
+# the version given here.
+DEFAULT_PINS="rdkit==2026.9.1 regex==2026.11.15 nltk==3.10.4 click==8.5.1 tqdm==4.70.1 selfies==2.2.0
+  pytest-timeout==2.4.0"
 DATA_FILE="$DIR/moses_sample.smi.gz"
 
 if [ "$MEASURE_ONLY" = 0 ]; then
@@ -58,20 +59,49 @@ if [ "$MEASURE_ONLY" = 0 ]; then
       exit 2
     fi
   fi
+  # shellcheck disable=SC2086
+  SPECS=$("$PYTHON" - $DEFAULT_PINS <<'EOF'
+import sys
+from importlib import metadata
+
+specs = []
+for spec in sys.argv[1:]:
+    name, _, pin = spec.partition("==")
+    try:
+        pin = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+    specs.append(f"{name}=={pin}")
+print(" ".join(specs))
+EOF
+  )
+  SPECS="$SPECS ${GPU_WHEELS_EXTRA:-}"
   mkdir -p "$DIR"
   PIP=("$PYTHON" -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all:
-       --python-version 3.12 --implementation cp -d "$DIR")
-  for spec in $BINARY_WHEELS; do
-    echo "[gpu_wheels] $spec (cp312 manylinux x86_64)"
-    "${PIP[@]}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 "$spec"
-  done
-  for spec in $PURE_WHEELS; do
+       --python-version 3.12 --implementation cp -d "$DIR"
+       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+       --platform any)  # binary wheels: cp312 manylinux x86_64; pure-python ones: py3-none-any
+  for spec in $SPECS; do
     echo "[gpu_wheels] $spec"
-    # pure-python wheels are tagged py3-none-any; matplotlib & co. (GPU_WHEELS_EXTRA) are binary
-    "${PIP[@]}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --platform any "$spec"
+    "${PIP[@]}" "$spec"
   done
+  # a wheel of another version left from an earlier run would be installed beside the new one
+  # shellcheck disable=SC2086
+  "$PYTHON" - "$DIR" $SPECS <<'EOF'
+import re
+import sys
+from pathlib import Path
+
+def norm(name):
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+wanted = {(norm(n), v) for n, _, v in (s.partition("==") for s in sys.argv[2:])}
+for whl in sorted(Path(sys.argv[1]).glob("*.whl")):
+    name, version = whl.name.split("-")[:2]
+    if (norm(name), version) not in wanted:
+        print(f"[gpu_wheels] removing {whl.name}: not in the current list")
+        whl.unlink()
+EOF
   if [ ! -s "$DATA_FILE" ] || [ -n "${GPU_DATA_N:-}" ]; then
     echo "[gpu_wheels] data: ${GPU_DATA_N:-250000} random MOSES training SMILES -> $DATA_FILE"
     "$PYTHON" scripts/gpu_data.py "$DATA_FILE" --n "${GPU_DATA_N:-250000}" --seed 0
