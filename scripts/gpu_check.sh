@@ -13,7 +13,8 @@
 # OUTDIR/gpu_check.log. Exit 0 when every stage passed.
 #
 # Environment: PYTHON (default python3), GPU_CHECK_TOTAL_S (overall seconds, default 470),
-# GPU_WHEELS_DIR (default .whl), GPU_CHECK_SITE (install folder, default a temp folder).
+# GPU_WHEELS_DIR (default .whl), GPU_CHECK_SITE (install folder, default a temp folder),
+# GPU_CHECK_STAGES (comma-separated subset of the stages, e.g. to rerun one: main_job,torchrun).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --device) DEVICE=${2:?--device needs cuda or cpu}; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) OUTDIR=$1 ;;
   esac
@@ -47,7 +48,7 @@ if [ "$DRY" = 1 ]; then
   echo "    export PYTHONPATH=$PWD:$SITE"
   echo "global limit: timeout $TOTAL s for everything (GPU_CHECK_TOTAL_S)"
   exec "$PY" scripts/gpu_check.py --dry-run --data "$DATA" --device "$DEVICE" --budget $((TOTAL - 20)) \
-    --out "$OUTDIR"
+    --out "$OUTDIR" ${GPU_CHECK_STAGES:+--stages "$GPU_CHECK_STAGES"}
 fi
 
 START=$SECONDS
@@ -77,8 +78,10 @@ echo "[gpu_check] install took $((SECONDS - START)) s" | tee -a "$LOG"
 
 LEFT=$((TOTAL - (SECONDS - START)))
 # the driver stops starting stages 15 s before the global timeout, which is the safety net
+STAGES=()
+if [ -n "${GPU_CHECK_STAGES:-}" ]; then STAGES=(--stages "$GPU_CHECK_STAGES"); fi
 timeout -k 5 "$LEFT" "$PY" scripts/gpu_check.py --out "$OUTDIR" --data "$DATA" --device "$DEVICE" \
-  --budget $((LEFT - 15)) --python "$PY"
+  --budget $((LEFT - 15)) --python "$PY" ${STAGES[@]+"${STAGES[@]}"}
 RC=$?
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then
   echo "error: the global limit of $TOTAL s was reached; $OUTDIR/gpu_check.json holds the finished stages" >&2

@@ -212,3 +212,43 @@ def test_main_job_judge_reads_the_metrics_and_copies_the_small_files(tmp_path):
     assert gpu_check.judge_main_job(ctx, [gpu_check.Outcome(1, "", 1.0)])[0] is False
     (run / "metrics.json").unlink()
     assert gpu_check.judge_main_job(ctx, [done]) == (False, {})
+
+
+def _probe_wheel(folder: Path) -> Path:
+    """A minimal pure-python wheel (a module and its dist-info) to install offline."""
+    import zipfile
+
+    path = folder / "gpucheck_probe-1.0-py3-none-any.whl"
+    files = {"gpucheck_probe/__init__.py": "VALUE = 42\n",
+             "gpucheck_probe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpucheck-probe\nVersion: 1.0\n",
+             "gpucheck_probe-1.0.dist-info/WHEEL": ("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                    "Tag: py3-none-any\n")}
+    files["gpucheck_probe-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + \
+        "gpucheck_probe-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+@pytest.mark.slow
+def test_check_installs_the_wheels_and_writes_the_json_line(tmp_path):
+    """gpu_check.sh end to end on the CPU with one stage: offline install into the site folder,
+    the driver under the global timeout, one JSON line and the log."""
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    _probe_wheel(wheels)
+    with gzip.open(wheels / "moses_sample.smi.gz", "wt") as fh:
+        fh.write("CCO\nc1ccccc1\n")
+    out, site = tmp_path / "out", tmp_path / "site"
+    proc = _bash("scripts/gpu_check.sh", "--device", "cpu", str(out), GPU_WHEELS_DIR=str(wheels),
+                 GPU_CHECK_SITE=str(site), GPU_CHECK_STAGES="env", GPU_CHECK_TOTAL_S="110")
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert (site / "gpucheck_probe" / "__init__.py").is_file()
+    lines = (out / "gpu_check.json").read_text().splitlines()
+    summary = json.loads(lines[0])
+    assert len(lines) == 1 and list(summary["stages"]) == ["env"]
+    assert summary["stages"]["env"]["status"] in ("pass", "fail", "timeout")
+    assert summary["pass"] == (proc.returncode == 0)
+    log = (out / "gpu_check.log").read_text()
+    assert "installing 1 wheels" in log and "===== stage env" in log
