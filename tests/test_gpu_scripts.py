@@ -242,7 +242,7 @@ def test_check_installs_the_wheels_and_writes_the_json_line(tmp_path):
         fh.write("CCO\nc1ccccc1\n")
     out, site = tmp_path / "out", tmp_path / "site"
     proc = _bash("scripts/gpu_check.sh", "--device", "cpu", str(out), GPU_WHEELS_DIR=str(wheels),
-                 GPU_CHECK_SITE=str(site), GPU_CHECK_STAGES="env", GPU_CHECK_TOTAL_S="110")
+                 GPU_CHECK_SITE=str(site), GPU_CHECK_STAGES="env", GPU_CHECK_TOTAL_S="110", TMPDIR=str(tmp_path))
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert (site / "gpucheck_probe" / "__init__.py").is_file()
     lines = (out / "gpu_check.json").read_text().splitlines()
