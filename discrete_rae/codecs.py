@@ -8,6 +8,8 @@ which tokens are allowed:
   left-hand side is the non-terminal on top of the per-sample stack are allowed, so every
   finished decode is syntactically valid.
 - :class:`CharCodec`: ids are characters plus an end token (the CVAE baseline); no mask.
+- ``SelfiesCodec`` (:mod:`discrete_rae.selfies_codec`): SELFIES tokens plus an end token;
+  no mask, every decode is a molecule.
 
 Both expose the same interface, so models and the trainer never know which one they have.
 Codec state is plain data (grammar text, vocabulary) stored in checkpoints.
@@ -219,4 +221,6 @@ CODECS: dict[str, Any] = {"grammar": GrammarCodec, "char": CharCodec}
 
 def codec_from_state(state: dict[str, Any]) -> SequenceCodec:
     """Rebuild a codec saved with ``state_dict()``."""
+    if state["kind"] == "selfies" and "selfies" not in CODECS:
+        from . import selfies_codec  # noqa: F401  (registers itself; imports selfies lazily)
     return CODECS[state["kind"]].from_state(state)

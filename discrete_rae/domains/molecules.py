@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..registry import DOMAINS
+from ..codecs import SequenceCodec
 from .base import SequenceDomain
 
 
@@ -26,6 +27,13 @@ class MoleculeDomain(SequenceDomain):
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
                               progress=progress)
         return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary()}
+
+    def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
+        if kind == "selfies":  # vocabulary from the training SMILES, like the character codec
+            from ..selfies_codec import SelfiesCodec
+
+            return SelfiesCodec.fit(texts, max_length or None)
+        return super().make_codec(kind, texts, max_length, grammar)
 
     def canonical(self, text: str) -> str | None:
         from ..chem import canonical
