@@ -206,13 +206,19 @@ class _CharState:
         allowed[self.done, 1:] = False
         return allowed
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` [B'] (beam search: the surviving beams)."""
+        index = index.to(device=self.done.device, dtype=torch.long)
+        self.done = self.done.index_select(0, index)
+        self._steps = [self.ids.index_select(0, index)] if self._steps else []
+
     def push(self, ids: Tensor) -> None:
-        self._steps.append(ids)
+        self._steps.append(ids.unsqueeze(1))  # [B, 1] chunks (reorder merges them into one)
         self.done = self.done | (ids == 0)
 
     @property
     def ids(self) -> Tensor:
-        return torch.stack(self._steps, 1)
+        return torch.cat(self._steps, 1)
 
 
 # kind -> codec class; other families (pixels) add their codec here when imported.
