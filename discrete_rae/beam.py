@@ -21,6 +21,8 @@ lowest token, as ``argmax`` does).
 Beam search can lose the greedy path (K prefixes outscore it, then end worse), so by
 default one extra row per code follows the greedy path and competes in the final choice:
 the returned sequence is never less probable than the greedy one (``keep_greedy``).
+The search stops as soon as no live row of any code can still beat that code's best
+finished row (scores only fall), so it rarely runs to the length limit.
 
 The network is stepped through the decoder itself: an autoregressive decoder's
 ``step(z, prev, h)``; a non-autoregressive decoder (code repeated at every step) gives all
@@ -149,9 +151,26 @@ def beam_search(model: Any, z: Tensor, width: int, keep_greedy: bool = True) -> 
         state.push(tokens)
         steps.advance(tokens, index)
         scores = top_scores
-        if bool(state.done.all()) or bool(getattr(state, "complete", False)):
+        if _settled(state, scores) or bool(getattr(state, "complete", False)):
             break
     return _best(state, scores, codec.pad_index, steps.length, B, R)
+
+
+def _settled(state: Any, scores: Tensor) -> bool:
+    """True when no live row can still beat its code's best finished row.
+
+    Step log-probabilities are <= 0, so a row's score never rises: once a code's best
+    finished score is >= the score of each of its rows that can still finish, the answer for
+    that code is fixed (exact early stopping, not a heuristic). Rows that can never finish
+    (grammar rows cut at the length limit) do not count as live.
+    """
+    B, R = scores.shape
+    done = state.done.view(B, R)
+    live = getattr(state, "active", ~state.done).view(B, R) & ~done & torch.isfinite(scores)
+    neg_inf = torch.full_like(scores, float("-inf"))
+    best_done = torch.where(done, scores, neg_inf).amax(1)
+    best_live = torch.where(live, scores, neg_inf).amax(1)
+    return bool((best_live <= best_done).all())
 
 
 def _best(state: Any, scores: Tensor, pad: int, length: int, B: int, R: int) -> BeamResult:

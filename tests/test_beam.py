@@ -69,8 +69,9 @@ def test_wider_beam_is_never_less_probable_and_scores_are_exact(case):
     # recomputed by teacher forcing through fresh states (which reject a masked token)
     rescored = sequence_log_prob(model, z, wide.ids)
     assert torch.allclose(rescored, wide.log_prob, atol=1e-6)
-    # and every kept beam, not only the best, is a sequence the masks allow
-    live = torch.isfinite(wide.beam_log_prob)
+    # and every finished beam, not only the best, is a sequence the masks allow (the search
+    # stops early, so beams that could not beat the best are left unfinished)
+    live = wide.beam_finished
     all_ids = wide.beams[live]
     z_rep = z.repeat_interleave(wide.beams.shape[1], 0)[live.reshape(-1)]
     assert torch.allclose(sequence_log_prob(model, z_rep, all_ids), wide.beam_log_prob[live], atol=1e-6)
@@ -96,7 +97,8 @@ def test_grammar_beams_unparse_to_grammar_strings():
     z = torch.randn(50, 6, generator=torch.Generator().manual_seed(7)) * 3
     res = beam_search(model, z, 3)
     assert bool(res.finished.all())  # the length mask lets every derivation finish
-    for row in res.beams.reshape(-1, res.beams.shape[-1]):
+    assert int(res.beam_finished.sum()) > 50
+    for row in res.beams[res.beam_finished]:
         text = grammar.unparse(row.tolist())
         assert grammar.unparse(grammar.parse(text)) == text
 
