@@ -403,6 +403,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_run(Path(args.run), device)
     if args.recon_protocol:
         loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
+    if args.beam_width is not None:
+        loaded.run.eval = replace(loaded.run.eval, {"beam_width": args.beam_width})
     # decoding options: re-score the same run with or without them
     overrides = {key: getattr(args, key) == "true" for key in DECODING_OPTIONS if getattr(args, key) is not None}
     if overrides:
@@ -459,6 +461,7 @@ def build_main_parser() -> argparse.ArgumentParser:
     _run_arg(e)
     e.add_argument("--n", type=int, default=None, help="number of samples (default: the run's eval.n_samples)")
     e.add_argument("--recon-protocol", default=None, help="greedy (default) | stochastic (10 encodings x 100 decodes)")
+    e.add_argument("--beam-width", type=int, default=None, help="molecules: also beam-search reconstruction (0 = off)")
     e.add_argument("--length-mask", default=None, choices=["true", "false"],
                    help="grammar decoding: finish within max_length (true, default) or the paper's cut-off (false)")
     e.add_argument("--ring-mask", default=None, choices=["true", "false"],

@@ -93,6 +93,7 @@ class EvalConfig:
     recon_protocol: str = "greedy"
     length_mask: bool = True
     ring_mask: bool = True
+    beam_width: int = 0
 
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -113,7 +114,7 @@ FIELD_HELP = {
     "tau_every": "update the temperature every this many steps",
     "straight_through": "Gumbel: one-hot forward, relaxed gradient",
     "categorical_mode": "deterministic categorical code: argmax (straight-through) | softmax",
-    "codec": "sequence codec: grammar (production rules) | char (characters)",
+    "codec": "sequence codec: grammar (production rules) | char (characters) | selfies (SELFIES tokens)",
     "grammar": ("builtin grammar for the grammar codec: smiles | smiles_compact | expressions | "
                 "expressions_compact; empty = the domain's"),
     "max_length": "sequence length; 0 = longest in the data",
@@ -148,6 +149,7 @@ FIELD_HELP = {
     "gmm_k": "GMM components",
     "temperature": "decoding temperature; 0 = greedy",
     "recon_protocol": "greedy | stochastic (10 encodings x 100 decodes)",
+    "beam_width": "molecules: also report greedy reconstruction by beam search of this width (0 = off)",
     "length_mask": ("grammar decoding: allow only rules that can still finish within max_length "
                     "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)"),
     "ring_mask": ("SMILES grammar decoding: open rings with the lowest free digit, close only open ones, "

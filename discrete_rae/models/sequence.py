@@ -19,7 +19,7 @@ from ..regularizers import build_regularizer
 
 @dataclass
 class SequenceModelConfig(LatentConfig):
-    """Sequence autoencoder. codec: grammar | char.  max_length 0: from the training data.
+    """Sequence autoencoder. codec: grammar | char | selfies.  max_length 0: from the training data.
 
     ``grammar``: a builtin grammar name (``smiles``, ``smiles_compact``, ``expressions``,
     ``expressions_compact``); empty = the domain's default.
@@ -64,7 +64,7 @@ _VAE = dict(latent="gaussian", beta=1.0, kl_anneal_steps=2000, decoder_reg="none
 _RAE = dict(latent="deterministic", beta=1e-3, decoder_reg="l2", reg_weight=1e-4)
 
 _SEQ_DOMAINS = ("molecules", "expressions")
-_WHAT = {"grammar": "Grammar", "char": "character"}
+_WHAT = {"grammar": "Grammar", "char": "character", "selfies": "SELFIES"}
 
 for _codec in ("grammar", "char"):
     register_model(ModelSpec(
@@ -73,6 +73,14 @@ for _codec in ("grammar", "char"):
     register_model(ModelSpec(
         f"{_codec}_rae", f"{_WHAT[_codec]} RAE: deterministic code, L2 decoder, GMM sampling",
         SequenceModelConfig(codec=_codec, **_RAE), build_sequence_model, _SEQ_DOMAINS, "gmm"))
+
+# SELFIES: the character models' networks over SELFIES tokens (molecules only)
+register_model(ModelSpec(
+    "selfies_vae", "SELFIES VAE: Gaussian latent + KL, prior sampling (every decode is a molecule)",
+    SequenceModelConfig(codec="selfies", **_VAE), build_sequence_model, ("molecules",), "prior"))
+register_model(ModelSpec(
+    "selfies_rae", "SELFIES RAE: deterministic code, L2 decoder, GMM sampling (every decode is a molecule)",
+    SequenceModelConfig(codec="selfies", **_RAE), build_sequence_model, ("molecules",), "gmm"))
 
 for _reg, _weight in (("l2", 1e-4), ("gp", 1e-2), ("sn", 0.0), ("none", 0.0)):
     register_model(ModelSpec(
