@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags,
-                     collect_flags, load_toml, replace)
+                     collect_flags, load_toml, replace, resolve_sections)
 from .presets import get_preset
 from .registry import DOMAINS, MODELS, SAMPLERS, UnknownNameError, load_all
 
@@ -116,6 +116,8 @@ def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets)."""
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
+    if name == "bf16" and device.type != "cuda":  # the trainer autocasts on CUDA only
+        raise UsageError(f"--precision bf16 needs a CUDA device, not {device.type}: use --precision auto or fp32")
     if name in ("auto", "bf16"):
         return torch.bfloat16
     raise UsageError(f"--precision {name!r}: choose auto, fp32 or bf16")
@@ -188,45 +190,20 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
     file_cfg = load_toml(args.config) if args.config else {}
-    sections: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(), "eval": EvalConfig()}
-    for name in sections:
-        for overrides in (preset.get(name, {}), file_cfg.get(name, {}), collect_flags(args, name)):
-            sections[name] = replace(sections[name], overrides)
-    run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, **sections)
+    defaults: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(),
+                                "eval": EvalConfig()}
+    sections, explicit = resolve_sections(defaults, preset, file_cfg, {name: collect_flags(args, name) for name in defaults},
+                                          file_name=str(args.config or ""))
+    run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, explicit=explicit, **sections)
     validate(run)
     return run
 
 
 def validate(run: RunConfig) -> None:
-    """Cross-field checks that give one clear message instead of a failure deep in training."""
-    from .registry import LATENTS, REGULARIZERS
+    """Every value, its applicability and the cross-field checks (discrete_rae.validate)."""
+    from .validate import validate_run
 
-    m = run.model
-    LATENTS.get(m.latent)
-    REGULARIZERS.get(m.decoder_reg)
-    if run.eval.sampler:
-        cls = SAMPLERS.get(run.eval.sampler)
-        discrete_latent = m.latent in ("gumbel", "categorical")
-        if getattr(cls, "discrete", False) != discrete_latent:
-            kind = "categorical" if discrete_latent else "continuous"
-            raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
-    for key in ("epochs", "batch_size"):
-        if getattr(run.train, key) <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be positive")
-    if run.train.lr <= 0:
-        raise UsageError("--lr must be positive")
-    if not 0 < run.train.val_fraction < 0.5:
-        raise UsageError("--val-fraction must be in (0, 0.5)")
-    grammar = getattr(m, "grammar", "")
-    if grammar:
-        from .grammar import builtin_names
-
-        if grammar not in builtin_names():
-            raise UsageError(f"unknown grammar {grammar!r}; choose one of: {', '.join(builtin_names())}")
-        if not grammar.startswith(DOMAINS.get(run.domain).grammar_name):
-            raise UsageError(f"--grammar {grammar!r} does not describe the {run.domain} domain")
-    if not 0 <= getattr(m, "word_dropout", 0.0) < 1:
-        raise UsageError("--word-dropout must be in [0, 1)")
+    validate_run(run)
 
 
 def check_train_flags(args: argparse.Namespace) -> None:
