@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags,
-                     collect_flags, load_toml, replace, resolve_sections)
+                     collect_flags, field_rules, load_toml, replace, resolve_sections)
 from .presets import get_preset
-from .registry import DOMAINS, MODELS, SAMPLERS, UnknownNameError, load_all
+from .registry import DOMAINS, MODELS, UnknownNameError, load_all
+from .validate import check_value, validate_run
 
 log = logging.getLogger("discrete_rae")
 
@@ -201,8 +202,6 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
 
 def validate(run: RunConfig) -> None:
     """Every value, its applicability and the cross-field checks (discrete_rae.validate)."""
-    from .validate import validate_run
-
     validate_run(run)
 
 
@@ -375,6 +374,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import DECODING_OPTIONS, apply_decoding_options, evaluate_loaded, load_run
 
+    if args.recon_protocol:  # checked before the run is loaded
+        check_value("--recon-protocol", args.recon_protocol, field_rules(EvalConfig, "recon_protocol"))
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)

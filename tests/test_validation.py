@@ -274,3 +274,10 @@ def test_namespace_without_parser_still_resolves():
                             **{"train.lr": "0.01"})
     run = resolve_run_config(ns)
     assert run.train.lr == 0.01 and run.explicit["train"] == {"lr": "--lr"}
+
+
+def test_evaluate_checks_the_reconstruction_protocol_before_loading(tmp_path, capsys):
+    code = main(["evaluate", "--run", str(tmp_path / "nowhere"), "--recon-protocol", "foo", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--recon-protocol: unknown reconstruction protocol 'foo'; choose one of: greedy, stochastic" in err
