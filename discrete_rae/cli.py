@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -114,7 +115,8 @@ def choose_device(name: str) -> torch.device:
 
 
 def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets)."""
+    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets, and the
+    trainer autocasts on CUDA only, so an explicit bf16 on the CPU is an error, not a silent fp32)."""
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
     if name == "bf16" and device.type != "cuda":  # the trainer autocasts on CUDA only
@@ -143,11 +145,18 @@ def _peek(argv: Sequence[str]) -> argparse.Namespace:
     return pre.parse_known_args(list(argv))[0]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints (unknown flag, missing value) as one ``error:`` line, exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help for the options of this model)")
+
+
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
     domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
                     f"domains:\n{domains}\n\nmodels:\n{models}",
@@ -162,7 +171,7 @@ def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue the run --run-name from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only)")
     _add_common(p)
     spec = MODELS.get(model_name) if model_name in MODELS else MODELS.get(default_model(domain))
     model_cfg_cls = type(spec.config_for(domain if domain in spec.domains else spec.domains[0]))

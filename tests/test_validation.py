@@ -281,3 +281,12 @@ def test_evaluate_checks_the_reconstruction_protocol_before_loading(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "--recon-protocol: unknown reconstruction protocol 'foo'; choose one of: greedy, stochastic" in err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--domain", "images", "--encoder", "gru"], "unrecognized arguments: --encoder gru"),
+    (["--lr"], "argument --lr: expected one argument"),
+])
+def test_argparse_mistakes_are_one_error_line(tmp_path, capsys, extra, needle):
+    err = _usage_error(tmp_path, capsys, *extra)
+    assert needle in err and "train.py --help" in err
