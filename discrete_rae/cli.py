@@ -202,8 +202,8 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     file_cfg = load_toml(args.config) if args.config else {}
     defaults: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(),
                                 "eval": EvalConfig()}
-    sections, explicit = resolve_sections(defaults, preset, file_cfg, {name: collect_flags(args, name) for name in defaults},
-                                          file_name=str(args.config or ""))
+    flags = {name: collect_flags(args, name) for name in defaults}
+    sections, explicit = resolve_sections(defaults, preset, file_cfg, flags, file_name=str(args.config or ""))
     run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, explicit=explicit, **sections)
     validate(run)
     return run

@@ -279,8 +279,11 @@ def collect_flags(args: argparse.Namespace, section: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
-def resolve_sections(defaults: dict[str, Any], preset: dict[str, dict[str, Any]], file_cfg: dict[str, dict[str, Any]],
-                     flags: dict[str, dict[str, Any]], file_name: str = "") -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+Layers = dict[str, dict[str, Any]]  # section -> key -> value
+
+
+def resolve_sections(defaults: dict[str, Any], preset: Layers, file_cfg: Layers, flags: Layers,
+                     file_name: str = "") -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """Apply the layers defaults < preset < config file < flags to each section.
 
     Returns the sections and what the user set explicitly: ``{section: {key: label}}`` with

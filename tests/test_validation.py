@@ -262,10 +262,11 @@ def test_applies_rules_name_real_components_and_choices(cls):
                 assert set(names) <= known, (cls.__name__, f.name, set(names) - known)
 
 
-def test_every_registered_model_default_passes_validation():
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_every_registered_model_and_preset_passes_validation(preset):
     for name, spec in MODELS.items():
         for domain in spec.domains:
-            validate_run(_resolve("--model", name, "--domain", domain))
+            validate_run(_resolve("--model", name, "--domain", domain, "--preset", preset))
 
 
 def test_namespace_without_parser_still_resolves():

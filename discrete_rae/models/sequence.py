@@ -44,8 +44,8 @@ class SequenceModelConfig(LatentConfig):
                           choices=names_in("discrete_rae.grammar", "builtin_names"), kind="grammar", optional=True,
                           applies={"codec": ("grammar",)})
     max_length: int = option(0, "sequence length; 0 = longest in the data", ge=0)
-    encoder: str = option("conv", "sequence encoder: conv = the Grammar VAE's, gru = bidirectional GRU", choices=ENCODERS,
-                          kind="sequence encoder")
+    encoder: str = option("conv", "sequence encoder: conv = the Grammar VAE's, gru = bidirectional GRU",
+                          choices=ENCODERS, kind="sequence encoder")
     conv_channels: tuple[int, ...] = option((9, 9, 10), "conv encoder channels, comma-separated", ge=1, min_items=1,
                                             applies=_CONV)
     conv_kernels: tuple[int, ...] = option((9, 9, 11), "conv encoder kernel sizes, comma-separated", ge=1,
