@@ -12,15 +12,17 @@ import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags,
-                     collect_flags, load_toml, replace)
+                     collect_flags, field_rules, load_toml, replace, resolve_sections)
 from .presets import get_preset
-from .registry import DOMAINS, MODELS, SAMPLERS, UnknownNameError, load_all
+from .registry import DOMAINS, MODELS, UnknownNameError, load_all
+from .validate import check_value, validate_run
 
 log = logging.getLogger("discrete_rae")
 
@@ -113,9 +115,12 @@ def choose_device(name: str) -> torch.device:
 
 
 def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets)."""
+    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets, and the
+    trainer autocasts on CUDA only, so an explicit bf16 on the CPU is an error, not a silent fp32)."""
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
+    if name == "bf16" and device.type != "cuda":  # the trainer autocasts on CUDA only
+        raise UsageError(f"--precision bf16 needs a CUDA device, not {device.type}: use --precision auto or fp32")
     if name in ("auto", "bf16"):
         return torch.bfloat16
     raise UsageError(f"--precision {name!r}: choose auto, fp32 or bf16")
@@ -140,11 +145,18 @@ def _peek(argv: Sequence[str]) -> argparse.Namespace:
     return pre.parse_known_args(list(argv))[0]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints (unknown flag, missing value) as one ``error:`` line, exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help for the options of this model)")
+
+
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
     domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
                     f"domains:\n{domains}\n\nmodels:\n{models}",
@@ -159,7 +171,7 @@ def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue the run --run-name from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only)")
     _add_common(p)
     spec = MODELS.get(model_name) if model_name in MODELS else MODELS.get(default_model(domain))
     model_cfg_cls = type(spec.config_for(domain if domain in spec.domains else spec.domains[0]))
@@ -188,45 +200,18 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
     file_cfg = load_toml(args.config) if args.config else {}
-    sections: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(), "eval": EvalConfig()}
-    for name in sections:
-        for overrides in (preset.get(name, {}), file_cfg.get(name, {}), collect_flags(args, name)):
-            sections[name] = replace(sections[name], overrides)
-    run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, **sections)
+    defaults: dict[str, Any] = {"model": spec.config_for(domain_name), "train": TrainConfig(), "data": DataConfig(),
+                                "eval": EvalConfig()}
+    flags = {name: collect_flags(args, name) for name in defaults}
+    sections, explicit = resolve_sections(defaults, preset, file_cfg, flags, file_name=str(args.config or ""))
+    run = RunConfig(domain=domain_name, model_name=model_name, preset=args.preset, explicit=explicit, **sections)
     validate(run)
     return run
 
 
 def validate(run: RunConfig) -> None:
-    """Cross-field checks that give one clear message instead of a failure deep in training."""
-    from .registry import LATENTS, REGULARIZERS
-
-    m = run.model
-    LATENTS.get(m.latent)
-    REGULARIZERS.get(m.decoder_reg)
-    if run.eval.sampler:
-        cls = SAMPLERS.get(run.eval.sampler)
-        discrete_latent = m.latent in ("gumbel", "categorical")
-        if getattr(cls, "discrete", False) != discrete_latent:
-            kind = "categorical" if discrete_latent else "continuous"
-            raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
-    for key in ("epochs", "batch_size"):
-        if getattr(run.train, key) <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be positive")
-    if run.train.lr <= 0:
-        raise UsageError("--lr must be positive")
-    if not 0 < run.train.val_fraction < 0.5:
-        raise UsageError("--val-fraction must be in (0, 0.5)")
-    grammar = getattr(m, "grammar", "")
-    if grammar:
-        from .grammar import builtin_names
-
-        if grammar not in builtin_names():
-            raise UsageError(f"unknown grammar {grammar!r}; choose one of: {', '.join(builtin_names())}")
-        if not grammar.startswith(DOMAINS.get(run.domain).grammar_name):
-            raise UsageError(f"--grammar {grammar!r} does not describe the {run.domain} domain")
-    if not 0 <= getattr(m, "word_dropout", 0.0) < 1:
-        raise UsageError("--word-dropout must be in [0, 1)")
+    """Every value, its applicability and the cross-field checks (discrete_rae.validate)."""
+    validate_run(run)
 
 
 def check_train_flags(args: argparse.Namespace) -> None:
@@ -398,6 +383,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import DECODING_OPTIONS, apply_decoding_options, evaluate_loaded, load_run
 
+    if args.recon_protocol:  # checked before the run is loaded
+        check_value("--recon-protocol", args.recon_protocol, field_rules(EvalConfig, "recon_protocol"))
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)
