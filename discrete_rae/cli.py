@@ -144,7 +144,8 @@ def _peek(argv: Sequence[str]) -> argparse.Namespace:
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
-    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
+    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{' or a file path' if hasattr(d, 'load_texts') else ''}"
+                        for n, d in DOMAINS.items())  # images take names only
     p = argparse.ArgumentParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
@@ -368,14 +369,9 @@ def _close_log_files() -> None:
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
-    from .checkpoint import load_checkpoint
-    from .pipeline import run_config_from_checkpoint
+    from .resume import resume_config  # which flags a resumed run honours, refuses, records
 
-    run = run_config_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
-    extra_epochs = collect_flags(args, "train").get("epochs")
-    if extra_epochs is not None:  # allow extending a finished run
-        run.train = replace(run.train, {"epochs": extra_epochs})
-    return run
+    return resume_config(run_dir, args)
 
 
 # --- sample / evaluate -------------------------------------------------------------------------
