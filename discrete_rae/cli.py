@@ -382,6 +382,7 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .checkpoint import write_text
     from .pipeline import load_run, pick_sampler
 
     set_threads(args.threads)
@@ -393,7 +394,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError("--n must be positive")
     samples = domain.sample_texts(loaded.model, sampler, args.n, device, args.temperature)
     out = Path(args.out) if args.out else loaded.run_dir / f"samples-{sampler.name}.txt"
-    out.write_text("\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
+    write_text(out, "\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
     stats = domain.sample_metrics(samples, [])
     stats.pop("novel", None)  # novelty needs the training set: see `evaluate`
     print(format_metrics({"sampler": sampler.name, **stats}))
@@ -404,6 +405,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import DECODING_OPTIONS, apply_decoding_options, evaluate_loaded, load_run
 
+    if args.n is not None and args.n <= 0:
+        raise UsageError(f"--n {args.n}: the number of samples must be positive")
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)
@@ -514,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except OSError as err:  # full disk, a file where a folder should be, a name too long, ...
+        print(f"error: {err.filename or '?'}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; continue with --resume --run-name NAME", file=sys.stderr)
         return 130

@@ -136,21 +136,21 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     meta = {"versions": versions(), "data": prepared.info, "n_parameters": n_params,
             "grammar_hash": getattr(getattr(prepared.codec, "grammar", None), "hash", None),
             "data_hash": prepared.info.get("data_hash"), "codec_hash": codec_fingerprint(prepared.codec.state_dict())}
-    if ckpt is not None:
+    trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
+                      checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
+                      progress=progress)
+    if ckpt is not None:  # every check before anything in the run directory is rewritten
         _check_compatible(ckpt, run, prepared, run_dir)
-        meta["resumed"] = resume_history(ckpt, run)
+        _restore(model, trainer, ckpt, run_dir / "checkpoint.pt")
+        reopen(trainer.state, run.train)
+        if resume_history(ckpt, run):
+            meta["resumed"] = resume_history(ckpt, run)
+        log.info("resumed from epoch %d, step %d", trainer.state.epoch, trainer.state.step)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.toml", to_toml(run.sections()))
         write_text(run_dir / "run.json", json.dumps({"domain": run.domain, "model": run.model_name,
                                                      "preset": run.preset, **meta}, indent=2, default=str))
-    trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
-                      checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
-                      progress=progress)
-    if ckpt is not None:
-        _restore(model, trainer, ckpt, run_dir / "checkpoint.pt")
-        reopen(trainer.state, run.train)
-        log.info("resumed from epoch %d, step %d", trainer.state.epoch, trainer.state.step)
     state = trainer.fit(prepared.train, prepared.val)
     train_seconds = state.seconds
     if not dist.is_main:
