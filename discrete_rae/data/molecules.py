@@ -466,15 +466,16 @@ def _looks_like_header(fields: Sequence[str], is_csv: bool, column: str | int | 
 
     A header: a field named like a SMILES column, or like the requested ``column``. Otherwise a
     CSV row is a header only when its SMILES field (``column`` if an index, else the first) is
-    not a molecule and no field is a number (header rows hold names; a data row whose molecule
+    not a molecule and no field is a number (so a header without the requested name is still
+    taken as one, and the error lists its columns) (header rows hold names; a data row whose molecule
     is broken is a bad record, counted like any other, not a header).
     """
     names = [f.strip().lower() for f in fields]
     if any(n in SMILES_HEADERS for n in names):
         return True
     by_index = isinstance(column, int) or (isinstance(column, str) and column.strip().isdigit())
-    if isinstance(column, str) and column and not by_index:
-        return column.strip().lower() in names
+    if isinstance(column, str) and column and not by_index and column.strip().lower() in names:
+        return True
     if not is_csv or not fields:
         return False
     col = int(column) if by_index else 0
