@@ -188,6 +188,31 @@ def test_resume_with_a_raised_budget_trains_on_and_records_the_change(budget_run
     assert ckpt["config"]["train"]["epochs"] == 3 and ckpt["config"]["train"]["max_minutes"] == 0.0
 
 
+def test_a_run_stopped_early_trains_on_only_when_early_stopping_is_relaxed(tmp_path):
+    from types import SimpleNamespace
+
+    from discrete_rae.config import TrainConfig
+    from discrete_rae.resume import ResumeError, _check_can_continue, reopen
+    from discrete_rae.trainer import TrainState
+
+    stopped = "early stopping (no validation improvement in 2 epochs)"
+    run = SimpleNamespace(train=TrainConfig(epochs=5, early_stop=2))
+    state = {"epoch": 3, "stopped": stopped, "bad_epochs": 2, "seconds": 1.0}
+    flags = SimpleNamespace(**{"train.epochs": "5"})
+    with pytest.raises(ResumeError, match="raise --early-stop above 2"):
+        _check_can_continue(run, state, flags, tmp_path)
+    ts = TrainState(epoch=3, stopped=stopped, bad_epochs=2)
+    reopen(ts, run.train)
+    assert ts.stopped == stopped  # the stop still holds
+    reopen(ts, TrainConfig(epochs=5, early_stop=4))
+    assert ts.stopped == ""
+    budget = TrainState(epoch=1, stopped="time budget", seconds=120.0)
+    reopen(budget, TrainConfig(epochs=5, max_minutes=1.5))  # 2 minutes used: still over
+    assert budget.stopped == "time budget"
+    reopen(budget, TrainConfig(epochs=5, max_minutes=3.0))
+    assert budget.stopped == ""
+
+
 # --- 12: OS errors are one line naming the path and the cause -----------------------------------
 def test_runs_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "runs").write_text("not a folder")
