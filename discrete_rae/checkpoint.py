@@ -7,9 +7,11 @@ of silently loaded. A checkpoint without a digest is refused as well (deleting t
 otherwise switch the check off), unless the environment variable ``DISCRETE_RAE_TRUST_CHECKPOINT=1``
 says to load it anyway (hand-made or foreign checkpoints; a warning is logged). An environment
 variable rather than a flag because every command that reads a run (train --resume, sample,
-evaluate, compare, optimize, interpolate, image-table) would otherwise need one. Keys the
-package needs are checked on load, so a hand-made checkpoint without them is refused in one line. The codec (grammar text / alphabet) is checked against the hashes recorded
-at training time, so a checkpoint whose grammar or vocabulary was edited is refused too.
+evaluate, compare, optimize, interpolate, image-table) would otherwise need one. The keys a
+run's checkpoint needs are checked on load (:func:`load_run_checkpoint`), so a hand-made one
+without them is refused in one line. The codec (grammar text / alphabet) is checked against the
+hashes recorded at training time, so a checkpoint whose grammar or vocabulary was edited is
+refused too.
 """
 
 from __future__ import annotations

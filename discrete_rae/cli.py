@@ -144,8 +144,8 @@ def _peek(argv: Sequence[str]) -> argparse.Namespace:
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
-    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{' or a file path' if hasattr(d, 'load_texts') else ''}"
-                        for n, d in DOMAINS.items())  # images take names only
+    files = {n: " or a file path" if hasattr(d, "load_texts") else "" for n, d in DOMAINS.items()}  # images: names
+    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{files[n]}" for n, d in DOMAINS.items())
     p = argparse.ArgumentParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"

@@ -25,8 +25,8 @@ class MoleculeDomain(SequenceDomain):
         data = load_molecules(d.dataset or self.default_dataset, n=d.n_train or None, seed=run.train.seed,
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
                               progress=progress)
-        return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary(),
-                "load_counts": data.report.counts()}
+        return list(data.smiles), {"dataset": d.dataset or self.default_dataset,
+                                   "load_report": data.report.summary(), "load_counts": data.report.counts()}
 
     def canonical(self, text: str) -> str | None:
         from ..chem import canonical
