@@ -155,7 +155,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
-    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
+    files = {n: " or a file path" if hasattr(d, "load_texts") else "" for n, d in DOMAINS.items()}  # images: names
+    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{files[n]}" for n, d in DOMAINS.items())
     p = _OneLineParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
@@ -343,14 +344,9 @@ def _close_log_files() -> None:
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
-    from .checkpoint import load_checkpoint
-    from .pipeline import run_config_from_checkpoint
+    from .resume import resume_config  # which flags a resumed run honours, refuses, records
 
-    run = run_config_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
-    extra_epochs = collect_flags(args, "train").get("epochs")
-    if extra_epochs is not None:  # allow extending a finished run
-        run.train = replace(run.train, {"epochs": extra_epochs})
-    return run
+    return resume_config(run_dir, args)
 
 
 # --- sample / evaluate -------------------------------------------------------------------------
@@ -361,6 +357,7 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .checkpoint import write_text
     from .pipeline import load_run, pick_sampler
 
     set_threads(args.threads)
@@ -372,7 +369,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError("--n must be positive")
     samples = domain.sample_texts(loaded.model, sampler, args.n, device, args.temperature)
     out = Path(args.out) if args.out else loaded.run_dir / f"samples-{sampler.name}.txt"
-    out.write_text("\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
+    write_text(out, "\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
     stats = domain.sample_metrics(samples, [])
     stats.pop("novel", None)  # novelty needs the training set: see `evaluate`
     print(format_metrics({"sampler": sampler.name, **stats}))
@@ -385,6 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.recon_protocol:  # checked before the run is loaded
         check_value("--recon-protocol", args.recon_protocol, field_rules(EvalConfig, "recon_protocol"))
+    if args.n is not None and args.n <= 0:
+        raise UsageError(f"--n {args.n}: the number of samples must be positive")
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)
@@ -498,6 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except OSError as err:  # full disk, a file where a folder should be, a name too long, ...
+        print(f"error: {f'{err.filename}: ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; continue with --resume --run-name NAME", file=sys.stderr)
         return 130

@@ -141,7 +141,7 @@ class TrainConfig:
 class DataConfig:
     """What to train on. ``n_train`` caps the molecules/expressions loaded (0 = all)."""
 
-    dataset: str = option("", "data set name or a file path")
+    dataset: str = option("", "data set name; molecules and expressions also take a file path (images: names only)")
     n_train: int = option(0, "how many molecules/expressions/images to load (0 = all)", ge=0)
     n_test: int = option(1000, "held-out examples for reconstruction", ge=0)
     column: str = option("", "SMILES column of a CSV file", applies={"domain": ("molecules",)})
@@ -193,15 +193,6 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return hints[f.name]
 
 
-def _scalar(typ: type, value: Any) -> Any:
-    """``typ(value)`` that refuses booleans as numbers and non-integral floats as ints."""
-    if typ in (int, float) and isinstance(value, bool):
-        raise ValueError(value)
-    if typ is int and isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise ValueError(value)
-    return typ(value)
-
-
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """Convert a TOML/CLI value to the declared type of field ``name`` of ``cls``."""
     by_name = {f.name: f for f in fields(cls)}
@@ -211,20 +202,40 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     typ = _field_type(cls, by_name[name])
     origin = typing.get_origin(typ)
     try:
-        if typ is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return low in ("1", "true", "yes")
-            return bool(value)
         if origin in (tuple, list):
             (item,) = {a for a in typing.get_args(typ) if a is not Ellipsis}
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(_scalar(item, v) for v in items)
-        return _scalar(typ, value)
+            return tuple(_coerce_scalar(item, v) for v in items)
+        return _coerce_scalar(typ, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"bad value {value!r} for {cls.__name__}.{name} (expected {typ})") from None
+        shown = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"bad value {value!r} for {cls.__name__}.{name} (expected {shown})") from None
+
+
+def _coerce_scalar(typ: Any, value: Any) -> Any:
+    """``value`` as ``typ``: strings (flags) are parsed; typed values (TOML) must already fit.
+
+    A TOML float for an int field (``epochs = 1.7``) is refused rather than truncated, and a
+    bool is never taken for a number (``True`` would silently become 1).
+    """
+    if typ is bool:
+        if isinstance(value, str):
+            low = value.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return low in ("1", "true", "yes")
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise TypeError(value)
+    if isinstance(value, bool) and typ in (int, float):
+        raise TypeError(value)
+    if typ is int and not isinstance(value, (int, str)):
+        raise TypeError(value)  # a float (1.7) would be truncated
+    if typ is float and not isinstance(value, (int, float, str)):
+        raise TypeError(value)
+    if typ is str and not isinstance(value, (str, int)) or isinstance(value, (list, dict)):
+        raise TypeError(value)
+    return typ(value)
 
 
 def replace(obj: Any, overrides: dict[str, Any]) -> Any:

@@ -29,7 +29,8 @@ class MoleculeDomain(SequenceDomain):
         data = load_molecules(d.dataset or self.default_dataset, n=d.n_train or None, seed=run.train.seed,
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
                               progress=progress)
-        return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary()}
+        return list(data.smiles), {"dataset": d.dataset or self.default_dataset,
+                                   "load_report": data.report.summary(), "load_counts": data.report.counts()}
 
     def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
         if kind == "selfies":  # vocabulary from the training SMILES, like the character codec
