@@ -19,6 +19,8 @@ def load_all() -> None:
         return
     # latents, samplers and decoder regularisers (continuous and discrete)
     from . import latents, latents_discrete, regularizers, samplers, samplers_discrete  # noqa: F401
+    # codecs beyond the built-in grammar / character ones (the SELFIES package itself loads lazily)
+    from . import selfies_codec  # noqa: F401
     # domains: where data comes from and how samples are judged
     from .domains import expressions, images, molecules  # noqa: F401,F811
     # model families (models.discrete builds on the other two)

@@ -3,8 +3,15 @@ and read with ``torch.load(weights_only=True)`` only, so a checkpoint can never 
 
 Integrity: every checkpoint carries a sha256 ``digest`` of its content (tensors byte for byte,
 plain values by ``repr``), checked on load, so a flipped byte in the weights is refused instead
-of silently loaded. The codec (grammar text / alphabet) is checked against the hashes recorded
-at training time, so a checkpoint whose grammar or vocabulary was edited is refused too.
+of silently loaded. A checkpoint without a digest is refused as well (deleting the key would
+otherwise switch the check off), unless the environment variable ``DISCRETE_RAE_TRUST_CHECKPOINT=1``
+says to load it anyway (hand-made or foreign checkpoints; a warning is logged). An environment
+variable rather than a flag because every command that reads a run (train --resume, sample,
+evaluate, compare, optimize, interpolate, image-table) would otherwise need one. The keys a
+run's checkpoint needs are checked on load (:func:`load_run_checkpoint`), so a hand-made one
+without them is refused in one line. The codec (grammar text / alphabet) is checked against the
+hashes recorded at training time, so a checkpoint whose grammar or vocabulary was edited is
+refused too.
 """
 
 from __future__ import annotations
@@ -12,18 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .io import atomic_write, sha256_text
+from .io import atomic_write, sha256_text, with_path, write_text  # noqa: F401  (with_path, write_text re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _DIGEST_KEY = "digest"
+#: Set to 1 to load a checkpoint that has no digest (nothing can then detect altered weights).
+TRUST_ENV = "DISCRETE_RAE_TRUST_CHECKPOINT"
+#: Top-level keys every checkpoint written by the trainer holds, with their types.
+REQUIRED_KEYS: dict[str, type] = {"domain": str, "model_name": str, "config": dict, "codec": dict,
+                                  "model_state": dict, "trainer": dict}
+_CONFIG_SECTIONS = ("model", "train", "data", "eval")
 
 
 from .errors import CheckpointError  # noqa: E402,F401  (defined with the other user errors; re-exported)
@@ -33,7 +47,8 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
     A crash at any moment leaves either the previous checkpoint or the new one, never a mix
-    (:func:`discrete_rae.io.atomic_write`, durable: the folder is fsynced too).
+    (:func:`discrete_rae.io.atomic_write`, durable: the folder is fsynced too). An OSError
+    names ``path`` (a full disk reports ENOSPC without a file name).
     """
     body = {"format_version": FORMAT_VERSION, **payload}
     body.pop(_DIGEST_KEY, None)
@@ -101,10 +116,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a discrete_rae checkpoint (format {FORMAT_VERSION})")
     recorded = payload.get(_DIGEST_KEY)
-    if recorded is not None and recorded != content_digest(payload):
+    if recorded is None:
+        if os.environ.get(TRUST_ENV, "") != "1":
+            raise CheckpointError(f"checkpoint {path} has no sha256 digest, so altered weights could not be "
+                                  f"detected; refused (set {TRUST_ENV}=1 to load it anyway)")
+        log.warning("checkpoint %s has no digest; loaded because %s=1", path, TRUST_ENV)
+    elif recorded != content_digest(payload):
         raise CheckpointError(f"checkpoint {path} is corrupted (its content does not match its sha256 digest)")
     verify_codec(payload, path)
     return payload
+
+
+def load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a run's ``checkpoint.pt``, with its keys checked as well."""
+    payload = load_checkpoint(path)
+    check_structure(payload, Path(path))
+    return payload
+
+
+def check_structure(payload: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that lacks a key (or has one of the wrong type) that loading needs."""
+    for key, typ in REQUIRED_KEYS.items():
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks the key {key!r}; not a complete discrete_rae "
+                                  "checkpoint")
+        if not isinstance(payload[key], typ):
+            raise CheckpointError(f"checkpoint {path}: {key!r} is a {type(payload[key]).__name__}, "
+                                  f"expected a {typ.__name__}")
+    config = payload["config"]
+    for section in _CONFIG_SECTIONS:
+        if not isinstance(config.get(section), dict):
+            raise CheckpointError(f"checkpoint {path} lacks the config section {section!r}")
+    if "kind" not in payload["codec"]:
+        raise CheckpointError(f"checkpoint {path}: its codec lacks the key 'kind'")
+    for name, state in (payload.get("samplers") or {}).items():
+        if not isinstance(state, dict) or "name" not in state or "dim" not in state:
+            raise CheckpointError(f"checkpoint {path}: the state of sampler {name!r} is incomplete")
 
 
 def _torch_load(path: Path) -> Any:

@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except OSError as err:  # full disk, a file where a folder should be, a name too long, ...
+        print(f"error: {f'{err.filename}: ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; continue with --resume --run-name NAME", file=sys.stderr)
         return 130

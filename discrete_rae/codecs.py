@@ -8,6 +8,8 @@ which tokens are allowed:
   left-hand side is the non-terminal on top of the per-sample stack are allowed, so every
   finished decode is syntactically valid.
 - :class:`CharCodec`: ids are characters plus an end token (the CVAE baseline); no mask.
+- ``SelfiesCodec`` (:mod:`discrete_rae.selfies_codec`): SELFIES tokens plus an end token;
+  no mask, every decode is a molecule.
 
 Both expose the same interface, so models and the trainer never know which one they have.
 Codec state is plain data (grammar text, vocabulary) stored in checkpoints.
@@ -204,13 +206,19 @@ class _CharState:
         allowed[self.done, 1:] = False
         return allowed
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` [B'] (beam search: the surviving beams)."""
+        index = index.to(device=self.done.device, dtype=torch.long)
+        self.done = self.done.index_select(0, index)
+        self._steps = [self.ids.index_select(0, index)] if self._steps else []
+
     def push(self, ids: Tensor) -> None:
-        self._steps.append(ids)
+        self._steps.append(ids.unsqueeze(1))  # [B, 1] chunks (reorder merges them into one)
         self.done = self.done | (ids == 0)
 
     @property
     def ids(self) -> Tensor:
-        return torch.stack(self._steps, 1)
+        return torch.cat(self._steps, 1)
 
 
 # kind -> codec class; other families (pixels) add their codec here when imported.
@@ -219,4 +227,6 @@ CODECS: dict[str, Any] = {"grammar": GrammarCodec, "char": CharCodec}
 
 def codec_from_state(state: dict[str, Any]) -> SequenceCodec:
     """Rebuild a codec saved with ``state_dict()``."""
+    if state["kind"] == "selfies" and "selfies" not in CODECS:
+        from . import selfies_codec  # noqa: F401  (registers itself; imports selfies lazily)
     return CODECS[state["kind"]].from_state(state)

@@ -11,20 +11,78 @@ checkpoint:
 Values resolve in this order (later wins): model defaults < preset < ``--config file.toml``
 < command-line flags. Every field is a flag (``latent_dim`` -> ``--latent-dim``) and a key of
 the TOML section of the same name ([model], [train], [data], [eval]).
+
+Every field declares, in its ``metadata`` (see :func:`option`), its ``--help`` line and the
+rules that :mod:`discrete_rae.validate` checks before any work: numeric ranges, the allowed
+names (often a registry, read when the check runs) and which components use it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .registry import LATENTS, REGULARIZERS, SAMPLERS
 
 
 from .errors import ConfigError  # noqa: E402,F401  (defined with the other user errors; re-exported)
+
+
+def option(default: Any, help: str, **rules: Any) -> Any:  # noqa: A002 - argparse's word
+    """A dataclass field whose ``metadata`` holds its help line and validation rules.
+
+    Rules (all optional; :func:`discrete_rae.validate.validate_run` checks them):
+
+    - ``ge`` / ``gt`` / ``le`` / ``lt``: numeric bounds (per item for tuple fields); float
+      values must also be finite. ``min_items``: least number of items of a tuple field.
+    - ``choices``: the allowed names: a tuple, a :class:`~discrete_rae.registry.Registry` or a
+      dict (its keys, read when the check runs, so later registrations count), or a function
+      returning names (see :func:`names_in`). ``kind`` names them in messages ("latent type");
+      ``optional=True``: the empty string is allowed and means "the default".
+    - ``applies``: which components use the field: ``{component: names}`` (every entry must
+      hold) or a tuple of such dicts (any one must hold). A component is a field of the model
+      config (``latent``, ``codec``, ``encoder``, ``decoder``, ``likelihood``, ``decoder_reg``)
+      or ``domain``. A value the user sets for a field the run does not use is an error.
+    """
+    return field(default=default, metadata={"help": help, **rules})
+
+
+def names_in(module: str, attr: str) -> Callable[[], list[str]]:
+    """Choices read lazily from ``module.attr``: a Registry, a dict, a tuple or a function.
+
+    Lazy so that this module imports neither torch nor the modules that register names.
+    """
+
+    def names() -> list[str]:
+        table = getattr(importlib.import_module(module), attr)
+        return choice_names(table)
+
+    return names
+
+
+def choice_names(choices: Any) -> list[str]:
+    """The names allowed by a ``choices`` rule (see :func:`option`)."""
+    if hasattr(choices, "names"):
+        return list(choices.names())
+    if isinstance(choices, dict):
+        return sorted(choices)
+    if callable(choices):
+        return list(choices())
+    return list(choices)
+
+
+# Component values that name fields in ``applies`` rules (shared by every family).
+CONTINUOUS_LATENTS = ("gaussian", "deterministic")
+DISCRETE_LATENTS = ("gumbel", "categorical")
+SEQUENCE_DOMAINS = ("molecules", "expressions")
+_DISCRETE = {"latent": DISCRETE_LATENTS}
 
 
 @dataclass
@@ -36,122 +94,97 @@ class LatentConfig:
     reg_weight.  n_vars x n_classes, tau*: categorical latents (latents_discrete.py).
     """
 
-    latent: str = "deterministic"
-    latent_dim: int = 56
-    beta: float = 1e-3
-    kl_anneal_steps: int = 0
-    decoder_reg: str = "l2"
-    reg_weight: float = 1e-4
-    n_vars: int = 30
-    n_classes: int = 10
-    tau: float = 1.0
-    tau_min: float = 0.5
-    tau_rate: float = 1e-4
-    tau_every: int = 500
-    straight_through: bool = False
-    categorical_mode: str = "argmax"
+    latent: str = option("deterministic", "latent type: gaussian = VAE, deterministic = RAE, gumbel = "
+                         "Gumbel-softmax VAE, categorical = discrete RAE", choices=LATENTS)
+    latent_dim: int = option(56, "code size D", ge=1, applies={"latent": CONTINUOUS_LATENTS})
+    beta: float = option(1e-3, "weight of the latent term (KL for VAEs, 1/2||z||^2 for RAEs)", ge=0)
+    kl_anneal_steps: int = option(0, "steps over which the KL weight rises linearly from 0 to beta", ge=0,
+                                  applies={"latent": ("gaussian", "gumbel")})
+    decoder_reg: str = option("l2", "decoder regulariser", choices=REGULARIZERS)
+    reg_weight: float = option(1e-4, "its weight (weight decay for l2, penalty weight for gp)", ge=0,
+                               applies={"decoder_reg": ("l2", "gp")})
+    n_vars: int = option(30, "categorical latents: number of variables N", ge=1, applies=_DISCRETE)
+    n_classes: int = option(10, "categorical latents: classes per variable K", ge=2, applies=_DISCRETE)
+    tau: float = option(1.0, "Gumbel-softmax initial temperature", gt=0, applies=_DISCRETE)
+    tau_min: float = option(0.5, "Gumbel-softmax temperature floor", gt=0, applies=_DISCRETE)
+    tau_rate: float = option(1e-4, "temperature decay rate r in tau = max(tau_min, tau exp(-r step))", ge=0,
+                             applies=_DISCRETE)
+    tau_every: int = option(500, "update the temperature every this many steps (0 = every step)", ge=0,
+                            applies=_DISCRETE)
+    straight_through: bool = option(False, "Gumbel: one-hot forward, relaxed gradient",
+                                    applies={"latent": ("gumbel",)})
+    categorical_mode: str = option("argmax", "deterministic categorical code: argmax (straight-through) | softmax",
+                                   choices=names_in("discrete_rae.latents_discrete", "CATEGORICAL_MODES"),
+                                   kind="categorical mode", applies={"latent": ("categorical",)})
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and budget. ``max_minutes`` caps the wall time of training (0 = none)."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    grad_clip: float = 5.0
-    lr_factor: float = 0.5
-    lr_patience: int = 2
-    early_stop: int = 6
-    max_minutes: float = 0.0
-    seed: int = 0
-    val_fraction: float = 0.05
-    compile: bool = False
+    epochs: int = option(20, "maximum epochs", ge=1)
+    batch_size: int = option(128, "examples per step (per process under torchrun)", ge=1)
+    lr: float = option(1e-3, "AdamW learning rate", gt=0)
+    grad_clip: float = option(5.0, "clip the gradient norm to this (0 = off)", ge=0)
+    lr_factor: float = option(0.5, "ReduceLROnPlateau factor", gt=0, lt=1)
+    lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)", ge=0)
+    early_stop: int = option(6, "stop after this many epochs without validation improvement (0 = off)", ge=0)
+    max_minutes: float = option(0.0, "wall-clock training budget in minutes (0 = none)", ge=0)
+    # sklearn's GaussianMixture (the ex-post GMM) takes seeds below 2**32
+    seed: int = option(0, "random seed (data split, initialisation, batches)", ge=0, le=2**32 - 1)
+    val_fraction: float = option(0.05, "share of the non-test data held out for validation", gt=0, lt=0.5)
+    compile: bool = option(False, "wrap the loss in torch.compile (true/false)")
 
 
 @dataclass
 class DataConfig:
     """What to train on. ``n_train`` caps the molecules/expressions loaded (0 = all)."""
 
-    dataset: str = ""
-    n_train: int = 0
-    n_test: int = 1000
-    column: str = ""
-    workers: int = 0
-    data_dir: str = ""
+    dataset: str = option("", "data set name; molecules and expressions also take a file path (images: names only)")
+    n_train: int = option(0, "how many molecules/expressions/images to load (0 = all)", ge=0)
+    n_test: int = option(1000, "held-out examples for reconstruction", ge=0)
+    column: str = option("", "SMILES column of a CSV file", applies={"domain": ("molecules",)})
+    workers: int = option(0, "worker processes for loading/parsing (0 = automatic)", ge=0)
+    data_dir: str = option("", "data and cache directory (default ./datasets or $DISCRETE_RAE_DATA)")
 
 
 @dataclass
 class EvalConfig:
     """Evaluation after training. ``sampler`` empty = the model's default sampler."""
 
-    n_samples: int = 1000
-    sampler: str = ""
-    gmm_k: int = 10
-    temperature: float = 0.0
-    recon_protocol: str = "greedy"
-    length_mask: bool = True
-    ring_mask: bool = True
+    n_samples: int = option(1000, "samples drawn for evaluation", ge=1)
+    sampler: str = option("", "ex-post sampler for evaluation (default: the model's)", choices=SAMPLERS,
+                          optional=True)
+    gmm_k: int = option(10, "GMM components", ge=1, applies={"latent": CONTINUOUS_LATENTS})
+    temperature: float = option(0.0, "decoding temperature; 0 = greedy", ge=0,
+                                applies={"domain": SEQUENCE_DOMAINS})
+    recon_protocol: str = option("greedy", "greedy | stochastic (10 encodings x 100 decodes)",
+                                 choices=("greedy", "stochastic"), kind="reconstruction protocol",
+                                 applies={"domain": SEQUENCE_DOMAINS})
+    length_mask: bool = option(True, "grammar decoding: allow only rules that can still finish within max_length "
+                               "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)",
+                               applies={"codec": ("grammar",)})
+    ring_mask: bool = option(True, "SMILES grammar decoding: open rings with the lowest free digit, close only "
+                             "open ones, do not finish with a ring open (false: grammar mask only)",
+                             applies={"codec": ("grammar",), "domain": ("molecules",)})
+    beam_width: int = option(0, "molecules: also report reconstruction by beam search of this width (0 = off)",
+                             ge=0, applies={"domain": ("molecules",)})
 
 
 SECTIONS = ("model", "train", "data", "eval")
 
-# One line of --help per configuration field (shared by every model family).
-FIELD_HELP = {
-    "latent": "latent type: gaussian (VAE) | deterministic (RAE) | gumbel | categorical",
-    "latent_dim": "code size D",
-    "beta": "weight of the latent term (KL for VAEs, 1/2||z||^2 for RAEs)",
-    "kl_anneal_steps": "steps over which the KL weight rises linearly from 0 to beta",
-    "decoder_reg": "decoder regulariser: l2 | gp | sn | none",
-    "reg_weight": "its weight (weight decay for l2, penalty weight for gp)",
-    "n_vars": "categorical latents: number of variables N",
-    "n_classes": "categorical latents: classes per variable K",
-    "tau": "Gumbel-softmax initial temperature",
-    "tau_min": "Gumbel-softmax temperature floor",
-    "tau_rate": "temperature decay rate r in tau = max(tau_min, tau exp(-r step))",
-    "tau_every": "update the temperature every this many steps",
-    "straight_through": "Gumbel: one-hot forward, relaxed gradient",
-    "categorical_mode": "deterministic categorical code: argmax (straight-through) | softmax",
-    "codec": "sequence codec: grammar (production rules) | char (characters)",
-    "grammar": ("builtin grammar for the grammar codec: smiles | smiles_compact | expressions | "
-                "expressions_compact; empty = the domain's"),
-    "max_length": "sequence length; 0 = longest in the data",
-    "encoder": "sequence encoder: conv (Grammar VAE) | gru (bidirectional)",
-    "conv_channels": "conv encoder channels, comma-separated",
-    "conv_kernels": "conv encoder kernel sizes, comma-separated",
-    "enc_hidden": "encoder dense/hidden width",
-    "decoder": "sequence decoder: gru (autoregressive) | repeat (code repeated at every step)",
-    "dec_hidden": "decoder GRU width",
-    "dec_layers": "decoder GRU layers",
-    "embed_dim": "token embedding size of the autoregressive decoder",
-    "word_dropout": "autoregressive decoder: probability of hiding each previous token in training",
-    "epochs": "maximum epochs",
-    "batch_size": "examples per step (per process under torchrun)",
-    "lr": "AdamW learning rate",
-    "grad_clip": "clip the gradient norm to this (0 = off)",
-    "lr_factor": "ReduceLROnPlateau factor",
-    "lr_patience": "ReduceLROnPlateau patience (epochs)",
-    "early_stop": "stop after this many epochs without validation improvement (0 = off)",
-    "max_minutes": "wall-clock training budget in minutes (0 = none)",
-    "seed": "random seed (data split, initialisation, batches)",
-    "val_fraction": "share of the non-test data held out for validation",
-    "compile": "wrap the loss in torch.compile (true/false)",
-    "dataset": "data set name or a file path",
-    "n_train": "how many molecules/expressions to load (0 = all)",
-    "n_test": "held-out examples for reconstruction",
-    "column": "SMILES column of a CSV file",
-    "workers": "worker processes for loading/parsing (0 = automatic)",
-    "data_dir": "data and cache directory (default ./datasets or $DISCRETE_RAE_DATA)",
-    "n_samples": "samples drawn for evaluation",
-    "sampler": "ex-post sampler for evaluation (default: the model's)",
-    "gmm_k": "GMM components",
-    "temperature": "decoding temperature; 0 = greedy",
-    "recon_protocol": "greedy | stochastic (10 encodings x 100 decodes)",
-    "length_mask": ("grammar decoding: allow only rules that can still finish within max_length "
-                    "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)"),
-    "ring_mask": ("SMILES grammar decoding: open rings with the lowest free digit, close only open ones, "
-                  "do not finish with a ring open (false: grammar mask only)"),
-}
+
+def field_rules(cls: type, name: str) -> dict[str, Any]:
+    """The metadata (help and rules) of field ``name`` of ``cls``.
+
+    A subclass that only changes a default (``latent_dim: int = 16``) keeps the rules of the
+    base class's field, so the first non-empty metadata along the MRO counts.
+    """
+    for klass in cls.__mro__:
+        for f in getattr(klass, "__dataclass_fields__", {}).values():
+            if f.name == name and f.metadata:
+                return dict(f.metadata)
+    return {}
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -168,20 +201,40 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     typ = _field_type(cls, by_name[name])
     origin = typing.get_origin(typ)
     try:
-        if typ is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return low in ("1", "true", "yes")
-            return bool(value)
         if origin in (tuple, list):
             (item,) = {a for a in typing.get_args(typ) if a is not Ellipsis}
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(item(v) for v in items)
-        return typ(value)
+            return tuple(_coerce_scalar(item, v) for v in items)
+        return _coerce_scalar(typ, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"bad value {value!r} for {cls.__name__}.{name} (expected {typ})") from None
+        shown = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"bad value {value!r} for {cls.__name__}.{name} (expected {shown})") from None
+
+
+def _coerce_scalar(typ: Any, value: Any) -> Any:
+    """``value`` as ``typ``: strings (flags) are parsed; typed values (TOML) must already fit.
+
+    A TOML float for an int field (``epochs = 1.7``) is refused rather than truncated, and a
+    bool is never taken for a number (``True`` would silently become 1).
+    """
+    if typ is bool:
+        if isinstance(value, str):
+            low = value.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return low in ("1", "true", "yes")
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise TypeError(value)
+    if isinstance(value, bool) and typ in (int, float):
+        raise TypeError(value)
+    if typ is int and not isinstance(value, (int, str)):
+        raise TypeError(value)  # a float (1.7) would be truncated
+    if typ is float and not isinstance(value, (int, float, str)):
+        raise TypeError(value)
+    if typ is str and not isinstance(value, (str, int)) or isinstance(value, (list, dict)):
+        raise TypeError(value)
+    return typ(value)
 
 
 def replace(obj: Any, overrides: dict[str, Any]) -> Any:
@@ -202,7 +255,15 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     unknown = set(data) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; use {list(SECTIONS)}")
+    bad = [name for name in SECTIONS if not isinstance(data.get(name, {}), dict)]
+    if bad:
+        raise ConfigError(f"config file {path}: [{bad[0]}] must be a table of key = value lines")
     return data
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config field: ``latent_dim`` -> ``--latent-dim``."""
+    return "--" + key.replace("_", "-")
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str) -> None:
@@ -211,17 +272,51 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, section: str
     for f in fields(cls):
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        meta = FIELD_HELP.get(f.name, "")
+        rules = field_rules(cls, f.name)
+        text = rules.get("help", "")
+        if "choices" in rules and "|" not in text:
+            try:
+                text += f" ({' | '.join(choice_names(rules['choices']))})"
+            except ImportError:  # a lazily read table whose module is missing: no list in --help
+                pass
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", default=None,
+        group.add_argument(flag_name(f.name), dest=f"{section}.{f.name}", default=None,
                            metavar=getattr(typ, "__name__", "LIST").upper(),
-                           help=f"{meta} (default: {shown})".strip())
+                           help=f"{text} (default: {shown})".strip())
 
 
 def collect_flags(args: argparse.Namespace, section: str) -> dict[str, Any]:
     """The flags of ``section`` that the user actually set."""
     prefix = section + "."
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+Layers = dict[str, dict[str, Any]]  # section -> key -> value
+
+
+def resolve_sections(defaults: dict[str, Any], preset: Layers, file_cfg: Layers, flags: Layers,
+                     file_name: str = "") -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Apply the layers defaults < preset < config file < flags to each section.
+
+    Returns the sections and what the user set explicitly: ``{section: {key: label}}`` with
+    the label the error messages use (``--tau``, or ``[model] tau in FILE``). A config-file key
+    counts only where it changes the value, so that a run's saved config.toml (which lists
+    every key) can be passed back with --config.
+    """
+    sections = dict(defaults)
+    explicit: dict[str, dict[str, str]] = {name: {} for name in sections}
+    for name in sections:
+        sections[name] = replace(sections[name], preset.get(name, {}))
+        from_file = file_cfg.get(name, {})
+        before = sections[name]
+        sections[name] = replace(before, from_file)
+        for key in from_file:
+            if getattr(sections[name], key) != getattr(before, key):
+                explicit[name][key] = f"[{name}] {key} in {file_name or 'the config file'}"
+        user = flags.get(name, {})
+        sections[name] = replace(sections[name], user)
+        explicit[name].update({key: flag_name(key) for key in user})
+    return sections, explicit
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -258,7 +353,11 @@ def _toml_value(value: Any) -> str:
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run; what the checkpoint and run directory record."""
+    """Everything that defines a run; what the checkpoint and run directory record.
+
+    ``explicit`` (not saved): the keys the user set, ``{section: {key: label}}`` (see
+    :func:`resolve_sections`); validation reports fields the run does not use only for these.
+    """
 
     domain: str
     model_name: str
@@ -267,6 +366,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     preset: str = "quick"
+    explicit: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def sections(self) -> dict[str, Any]:
         return {"model": self.model, "train": self.train, "data": self.data, "eval": self.eval}

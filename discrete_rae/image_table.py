@@ -2,7 +2,8 @@
 
 Trains the image models (default: vae, rae, rae_l2, rae_gp, rae_sn, ae) with the same preset,
 seed and budget into ``RUNS/image-table-DATASET/MODEL`` (a finished run whose resolved config
-is unchanged is reused; an interrupted one is resumed), then writes
+is unchanged is reused; an interrupted one is resumed; a trained row with other settings is an
+error unless ``--retrain`` replaces it), then writes
 ``RUNS/image-table-DATASET/table.md`` and prints it.
 
 Columns (all on the test split, see domains/images.py): reconstruction MSE per pixel;
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import to_toml
+from .errors import UsageError
 from .runconfig import resolve_run_config
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,33 @@ def train_or_reuse(model: str, spec: TableSpec, table_dir: Path, device: Any, am
         log.info("%s: reusing the finished run %s", model, run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
     resume = same_config and (run_dir / "checkpoint.pt").is_file()
+    if not retrain and saved.is_file() and not same_config and (run_dir / "checkpoint.pt").is_file():
+        # a trained row with other settings is the user's result: never delete it unasked
+        raise UsageError(f"image-table row {model!r} ({run_dir}) was trained with other settings "
+                             f"({config_differences(saved, run.sections())}); use --retrain to replace it, "
+                             "or another --runs-dir")
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     log.info("%s: %s %s", model, "resuming" if resume else "training", run_dir)
     return train_run(run, run_dir, device, amp, resume=resume, progress=progress)
+
+
+def config_differences(saved: Path, sections: dict[str, Any], limit: int = 6) -> str:
+    """``section.key: saved -> now`` for the settings where a saved config.toml differs from ``sections``."""
+    import tomllib
+
+    try:
+        old = tomllib.loads(saved.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as err:
+        return f"its {saved.name} is unreadable: {err}"
+    now = tomllib.loads(to_toml(sections))
+    diffs = [f"{name}.{key}: {old.get(name, {}).get(key, '<unset>')!r} -> {value!r}"
+             for name, values in now.items() for key, value in values.items()
+             if old.get(name, {}).get(key, "<unset>") != value]
+    diffs += [f"{name}.{key}: {value!r} -> <unset>" for name, values in old.items() for key, value in values.items()
+              if key not in now.get(name, {})]
+    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more if diffs else "the same values, written differently"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

@@ -10,6 +10,7 @@ other file. A failure removes the temporary file and re-raises.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,15 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 TMP_SUFFIX = ".tmp"
+
+
+def with_path(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its file name where the OS did not say which file failed
+    (a full disk reports ENOSPC without one), so the command line can name it."""
+    if getattr(err, "filename", None) is not None:
+        return err
+    cause = err.strerror or (str(err) if str(err) else type(err).__name__)
+    return type(err)(err.errno, cause, str(path)) if err.errno is not None else OSError(None, cause, str(path))
 
 
 def open_temp_beside(path: Path, suffix: str = TMP_SUFFIX) -> tuple[IO[bytes], Path]:
@@ -29,7 +39,7 @@ def open_temp_beside(path: Path, suffix: str = TMP_SUFFIX) -> tuple[IO[bytes], P
             return open(tmp, "xb"), tmp  # noqa: SIM115 - the caller closes it
         except FileExistsError:
             continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
+    raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", str(path))
 
 
 def fsync_dir(folder: Path) -> None:
@@ -50,20 +60,26 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = 
     """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     Creates the parent folder. ``durable`` also fsyncs the folder, so the rename survives a
-    power cut (checkpoints; not needed for reports that can be rewritten).
+    power cut (checkpoints; not needed for reports that can be rewritten). An OSError names
+    ``path`` where the OS named no file (:func:`with_path`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh, tmp = open_temp_beside(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh, tmp = open_temp_beside(path)
+    except OSError as err:
+        raise with_path(err, path) from None
     try:
         with fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise with_path(err, path) from None
         raise
     if durable:
         fsync_dir(path.parent)

@@ -14,6 +14,8 @@ Models own their loss and their optimiser; the trainer only calls :meth:`loss` a
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any
 
 import torch
@@ -73,7 +75,17 @@ class AutoEncoder(nn.Module):
     # --- training --------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[LatentOutput, Tensor]:
         lat = self.latent(self.encoder(x))
-        return lat, self.decoder(lat.z, x)
+        with self._decoder_context(lat.z):
+            return lat, self.decoder(lat.z, x)
+
+    def _decoder_context(self, z: Tensor) -> Any:
+        """cuDNN's RNN kernels have no double backward, which the gradient penalty needs
+        (d/dtheta of a gradient w.r.t. z through the GRU): run such decoders without cuDNN then.
+        Image decoders (convolutions) keep cuDNN."""
+        needs_double_backward = self.regularizer.needs_penalty and self.training and z.is_cuda
+        if needs_double_backward and any(isinstance(m, nn.RNNBase) for m in self.decoder.modules()):
+            return torch.backends.cudnn.flags(enabled=False)
+        return contextlib.nullcontext()
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Loss terms for a batch; ``loss`` is what is minimised. All scalars."""

@@ -21,11 +21,14 @@ from typing import Any
 import torch
 
 from .catalog import load_all
-from .checkpoint import CheckpointError, codec_fingerprint, load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, codec_fingerprint, load_run_checkpoint, save_atomic
 from .codecs import codec_from_state
-from .config import ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, to_dict, to_toml
+from .config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict, to_toml
+from .data.errors import DataError, check_split_sizes, describe_drops
 from .io import write_json, write_text
 from .registry import DOMAINS, MODELS, SAMPLERS
+from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
+from .resume import reopen, resume_history
 from .samplers import Sampler, build_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
 from .version import __version__
@@ -100,16 +103,6 @@ def checkpoint_payload(run: RunConfig, codec: Any, meta: dict[str, Any],
             "samplers": {k: s.state_dict() for k, s in (samplers or {}).items()}}
 
 
-def run_config_from_checkpoint(ckpt: dict[str, Any]) -> RunConfig:
-    load_all()
-    spec = MODELS.get(ckpt["model_name"])
-    cfg = ckpt["config"]
-    return RunConfig(domain=ckpt["domain"], model_name=ckpt["model_name"],
-                     model=from_dict(type(spec.config_for(ckpt["domain"])), cfg["model"]), train=from_dict(TrainConfig, cfg["train"]),
-                     data=from_dict(DataConfig, cfg["data"]), eval=from_dict(EvalConfig, cfg["eval"]),
-                     preset=ckpt.get("preset", ""))
-
-
 def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
               resume: bool = False, dist: DistInfo | None = None, progress: bool = True,
               evaluate: bool = True) -> dict[str, Any]:
@@ -122,12 +115,11 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     dist = dist or DistInfo()
     torch.manual_seed(run.train.seed)
     domain = DOMAINS.get(run.domain)
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt") if resume else None
+    ckpt = load_run_checkpoint(run_dir / "checkpoint.pt") if resume else None
     t0 = time.monotonic()
     prepared = domain.prepare(run, codec_state=ckpt["codec"] if ckpt else None, progress=progress and dist.is_main)
     prep_seconds = time.monotonic() - t0
-    log.info("data: %d train / %d val / %d test examples (%.1fs)", len(prepared.train), len(prepared.val),
-             len(prepared.test), prep_seconds)
+    report_data(run, prepared, prep_seconds)
     torch.manual_seed(run.train.seed)
     model = build_model(run, prepared.codec)
     n_params = sum(p.numel() for p in model.parameters())
@@ -136,19 +128,21 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     meta = {"versions": versions(), "data": prepared.info, "n_parameters": n_params,
             "grammar_hash": getattr(getattr(prepared.codec, "grammar", None), "hash", None),
             "data_hash": prepared.info.get("data_hash"), "codec_hash": codec_fingerprint(prepared.codec.state_dict())}
+    trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
+                      checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
+                      progress=progress)
+    if ckpt is not None:  # every check before anything in the run directory is rewritten
+        _check_compatible(ckpt, run, prepared, run_dir)
+        _restore(model, trainer, ckpt, run_dir / "checkpoint.pt")
+        reopen(trainer.state, run.train)
+        if resume_history(ckpt, run):
+            meta["resumed"] = resume_history(ckpt, run)
+        log.info("resumed from epoch %d, step %d", trainer.state.epoch, trainer.state.step)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.toml", to_toml(run.sections()))
         write_json(run_dir / "run.json", {"domain": run.domain, "model": run.model_name, "preset": run.preset, **meta},
                    default=str)
-    trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
-                      checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
-                      progress=progress)
-    if ckpt is not None:
-        _check_compatible(ckpt, run, prepared)
-        model.load_state_dict(ckpt["model_state"])
-        trainer.load_state_dict(ckpt["trainer"])
-        log.info("resumed from epoch %d, step %d", trainer.state.epoch, trainer.state.step)
     state = trainer.fit(prepared.train, prepared.val)
     train_seconds = state.seconds
     if not dist.is_main:
@@ -167,24 +161,66 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     return metrics
 
 
-def _check_compatible(ckpt: dict[str, Any], run: RunConfig, prepared: Any) -> None:
+def report_data(run: RunConfig, prepared: Any, seconds: float) -> None:
+    """Log what preparation kept and dropped (by reason) and refuse splits too small to train on.
+
+    A warning when preparation itself dropped examples (too long, not encodable): that loss is
+    the user's settings' doing (e.g. --max-length) and must not pass silently.
+    """
+    info = prepared.info
+    info.setdefault("n_train", len(prepared.train))
+    info.setdefault("n_val", len(prepared.val))
+    info.setdefault("n_test", len(prepared.test))
+    lost_in_prep = sum(n for why, n in (info.get("dropped") or {}).items() if not why.startswith("rejected by")
+                       and why != "duplicates")
+    log.log(logging.WARNING if lost_in_prep else logging.INFO, "data: %s (%.1fs)", describe_drops(info), seconds)
+    check_split_sizes(run.data.dataset or info.get("dataset", ""), len(prepared.train), len(prepared.val), info)
+
+
+def _check_compatible(ckpt: dict[str, Any], run: RunConfig, prepared: Any, run_dir: Path) -> None:
+    """The resumed checkpoint must be this model, domain and data (the data hash of its splits)."""
     if ckpt["model_name"] != run.model_name or ckpt["domain"] != run.domain:
         raise CheckpointError(f"checkpoint is a {ckpt['model_name']} on {ckpt['domain']}, "
                               f"not {run.model_name} on {run.domain}")
+    recorded, now = (ckpt.get("meta") or {}).get("data_hash"), prepared.info.get("data_hash")
+    if recorded is not None and now is not None and recorded != now:
+        raise DataError(f"data set {run.data.dataset!r} changed since run {run_dir} was trained (data hash "
+                        f"{str(now)[:12]}, recorded {str(recorded)[:12]}); a resumed run must see the same data")
+
+
+def _restore(model: torch.nn.Module, trainer: Trainer, ckpt: dict[str, Any], path: Path) -> None:
+    """Load the weights and the trainer state; a damaged or hand-made state is one CheckpointError."""
+    try:
+        model.load_state_dict(ckpt["model_state"])
+        trainer.load_state_dict(ckpt["trainer"])
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint {path}: its trainer state lacks the key {err}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']}: "
+                              f"{str(err).strip().splitlines()[0][:200]}") from None
 
 
 def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
     """Load a finished (or interrupted) run from ``run_dir/checkpoint.pt``."""
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    path = Path(run_dir) / "checkpoint.pt"
+    ckpt = load_run_checkpoint(path)
     run = run_config_from_checkpoint(ckpt)
-    codec = codec_from_state(ckpt["codec"])
+    try:
+        codec = codec_from_state(ckpt["codec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: its codec cannot be rebuilt (missing or bad {err})") from None
     model = build_model(run, codec)
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {run_dir}/checkpoint.pt does not match model "
                               f"{run.model_name}: {str(err).splitlines()[0]}") from None
-    samplers = {k: sampler_from_state(v) for k, v in ckpt.get("samplers", {}).items()}
+    samplers = {}
+    for name, state in (ckpt.get("samplers") or {}).items():
+        try:
+            samplers[name] = sampler_from_state(state)
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {path}: the state of sampler {name!r} lacks {err}") from None
     return LoadedRun(run, model.to(device).eval(), samplers, ckpt, Path(run_dir))
 
 

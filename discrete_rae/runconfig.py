@@ -2,7 +2,7 @@
 
 :func:`resolve_run_config` is the one way to build a :class:`~discrete_rae.config.RunConfig`
 from names and override values; the command line (``train``), ``compare``, ``image-table``
-and the tests call it. Overrides are ``{section: {key: value}}`` with the sections ``model``,
+and the tests call it; :func:`validate` (discrete_rae.validate) checks the result. Overrides are ``{section: {key: value}}`` with the sections ``model``,
 ``train``, ``data`` and ``eval``; values may be typed or strings (as typed on a command line),
 coerced by :func:`discrete_rae.config.replace`.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .catalog import load_all
-from .config import DataConfig, EvalConfig, RunConfig, TrainConfig, load_toml, replace
+from .config import DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, load_toml, resolve_sections
 from .errors import UsageError
 from .presets import get_preset
-from .registry import DOMAINS, MODELS, SAMPLERS
+from .registry import DOMAINS, MODELS
+from .validate import validate_run
 
 SECTIONS = ("model", "train", "data", "eval")
 
@@ -50,43 +51,26 @@ def resolve_run_config(domain: str, model: str | None = None, preset: str = "qui
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
     file_cfg = load_toml(config_file) if config_file else {}
-    sections: dict[str, Any] = {"model": spec.config_for(domain), "train": TrainConfig(), "data": DataConfig(),
+    defaults: dict[str, Any] = {"model": spec.config_for(domain), "train": TrainConfig(), "data": DataConfig(),
                                 "eval": EvalConfig()}
-    for name in sections:
-        for values in (preset_values.get(name, {}), file_cfg.get(name, {}), overrides.get(name, {})):
-            sections[name] = replace(sections[name], dict(values))
-    run = RunConfig(domain=domain, model_name=model_name, preset=preset, **sections)
+    values = {name: dict(overrides.get(name, {})) for name in defaults}
+    sections, explicit = resolve_sections(defaults, preset_values, file_cfg, values, file_name=str(config_file or ""))
+    run = RunConfig(domain=domain, model_name=model_name, preset=preset, explicit=explicit, **sections)
     validate(run)
     return run
 
 
 def validate(run: RunConfig) -> None:
-    """Cross-field checks that give one clear message instead of a failure deep in training."""
-    from .registry import LATENTS, REGULARIZERS
+    """Every value, its applicability and the cross-field checks (discrete_rae.validate)."""
+    validate_run(run)
 
-    m = run.model
-    LATENTS.get(m.latent)
-    REGULARIZERS.get(m.decoder_reg)
-    if run.eval.sampler:
-        cls = SAMPLERS.get(run.eval.sampler)
-        discrete_latent = m.latent in ("gumbel", "categorical")
-        if getattr(cls, "discrete", False) != discrete_latent:
-            kind = "categorical" if discrete_latent else "continuous"
-            raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
-    for key in ("epochs", "batch_size"):
-        if getattr(run.train, key) <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be positive")
-    if run.train.lr <= 0:
-        raise UsageError("--lr must be positive")
-    if not 0 < run.train.val_fraction < 0.5:
-        raise UsageError("--val-fraction must be in (0, 0.5)")
-    grammar = getattr(m, "grammar", "")
-    if grammar:
-        from .grammar import builtin_names
 
-        if grammar not in builtin_names():
-            raise UsageError(f"unknown grammar {grammar!r}; choose one of: {', '.join(builtin_names())}")
-        if not grammar.startswith(DOMAINS.get(run.domain).grammar_name):
-            raise UsageError(f"--grammar {grammar!r} does not describe the {run.domain} domain")
-    if not 0 <= getattr(m, "word_dropout", 0.0) < 1:
-        raise UsageError("--word-dropout must be in [0, 1)")
+def run_config_from_checkpoint(ckpt: dict[str, Any]) -> RunConfig:
+    """The RunConfig recorded in a checkpoint (its plain-data ``config`` sections)."""
+    load_all()
+    spec = MODELS.get(ckpt["model_name"])
+    cfg = ckpt["config"]
+    return RunConfig(domain=ckpt["domain"], model_name=ckpt["model_name"],
+                     model=from_dict(type(spec.config_for(ckpt["domain"])), cfg["model"]),
+                     train=from_dict(TrainConfig, cfg["train"]), data=from_dict(DataConfig, cfg["data"]),
+                     eval=from_dict(EvalConfig, cfg["eval"]), preset=ckpt.get("preset", ""))

@@ -48,9 +48,12 @@ def choose_device(name: str | torch.device) -> torch.device:
 
 
 def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets)."""
+    """bf16 autocast on CUDA by default; fp32 on the CPU (CPU bf16 is slower for these nets, and the
+    trainer autocasts on CUDA only, so an explicit bf16 on the CPU is an error, not a silent fp32)."""
     if name == "fp32" or (name == "auto" and device.type != "cuda"):
         return None
+    if name == "bf16" and device.type != "cuda":  # the trainer autocasts on CUDA only
+        raise UsageError(f"--precision bf16 needs a CUDA device, not {device.type}: use --precision auto or fp32")
     if name in ("auto", "bf16"):
         return torch.bfloat16
     raise UsageError(f"--precision {name!r}: choose auto, fp32 or bf16")

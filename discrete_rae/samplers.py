@@ -82,6 +82,24 @@ class PriorSampler(Sampler):
         return -0.5 * (codes.pow(2).sum(-1) + codes.shape[1] * math.log(2 * math.pi))
 
 
+def _cholesky(cov: Tensor, ridge: float) -> Tensor:
+    """Cholesky factor of ``cov + ridge I`` [D, D]; the ridge grows tenfold (up to 1e-2 of the mean
+    variance) where round-off leaves a (nearly) degenerate covariance not positive definite."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    scale = max(float(cov.diagonal(dim1=-2, dim2=-1).mean()), 1.0)
+    jitter = ridge
+    while True:
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
+        if int(info.max()) == 0:
+            if jitter > ridge:
+                log.warning("covariance not positive definite; fitted with ridge %.1e instead of %.1e", jitter, ridge)
+            return chol
+        if jitter > 1e-2 * scale or not torch.isfinite(cov).all():
+            raise ValueError("the codes' covariance is not positive definite even with a ridge of "
+                             f"{jitter:.1e} (non-finite codes?)")
+        jitter = max(jitter * 10, 1e-9 * scale)
+
+
 def _mvn_sample(n: int, mean: Tensor, chol: Tensor, generator: torch.Generator | None) -> Tensor:
     eps = torch.randn(n, mean.shape[-1], generator=generator, dtype=mean.dtype)
     return mean + eps @ chol.T
@@ -101,10 +119,13 @@ class GaussianSampler(Sampler):
 
     def fit(self, codes: Tensor, seed: int = 0) -> "GaussianSampler":
         super().fit(codes)
+        if len(codes) == 0:
+            raise ValueError("the Gaussian sampler needs at least one code to fit")
         x = codes.double()
         self.mean = x.mean(0)
-        cov = torch.cov(x.T).reshape(self.dim, self.dim) + self.ridge * torch.eye(self.dim, dtype=x.dtype)
-        self.chol = torch.linalg.cholesky(cov)
+        # one code has no unbiased covariance (0/0): use the ML estimate (zero) plus the ridge then
+        cov = torch.cov(x.T, correction=1 if len(x) > 1 else 0).reshape(self.dim, self.dim)
+        self.chol = _cholesky(cov, self.ridge)
         return self
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -147,7 +168,13 @@ class GMMSampler(Sampler):
             # describe a 56-d, 10-component mixture just as well.
             pick = torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))[: self.max_fit]
             codes = codes[pick]
-        k = min(self.k, len(codes))  # a tiny data set cannot support k components
+        # Each component needs a distinct code to sit on: with fewer distinct codes than k (a tiny
+        # data set, duplicates, a collapsed encoder) EM would leave components empty, so fit fewer.
+        distinct = len(torch.unique(codes, dim=0))
+        k = max(1, min(self.k, distinct))
+        if k < self.k:
+            log.warning("GMM: %d distinct codes support only %d of the %d components; fitting %d", distinct, k,
+                        self.k, k)
         gmm = GaussianMixture(k, covariance_type="full", max_iter=self.max_iter, tol=self.tol,
                               reg_covar=self.reg_covar, random_state=seed)
         gmm.fit(codes.double().numpy())
@@ -155,7 +182,8 @@ class GMMSampler(Sampler):
             log.warning("GMM did not converge in %d iterations", self.max_iter)
         self.weights = torch.from_numpy(gmm.weights_.copy())
         self.means = torch.from_numpy(gmm.means_.copy())
-        self.chols = torch.linalg.cholesky(torch.from_numpy(gmm.covariances_.copy()))
+        covs = torch.from_numpy(gmm.covariances_.copy())
+        self.chols = torch.stack([_cholesky(c, 0.0) for c in covs])  # sklearn added reg_covar already
         return self
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -48,6 +48,16 @@ def prepared_for(tmp_path_factory):
     return get
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need an NVIDIA GPU: skipped where torch sees none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs():
     logging.getLogger("discrete_rae").setLevel(logging.WARNING)

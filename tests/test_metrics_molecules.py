@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,8 @@ from hypothesis import strategies as st
 from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
 
-from discrete_rae.metrics import chemnet, moses_data
+from discrete_rae.data.errors import DataError
+from discrete_rae.metrics import chemnet, moses_data, stats_files
 from discrete_rae.metrics import mol_descriptors as md
 from discrete_rae.metrics import molecules as mm
 from discrete_rae.metrics.frechet import frechet_distance, gaussian_stats, sqrt_psd
@@ -28,6 +31,7 @@ from discrete_rae.metrics.similarity import (
     mean_pairwise_tanimoto,
     morgan_fingerprints,
     nearest_neighbour_within,
+    pairwise_tanimoto_row_means,
     tanimoto_matrix,
 )
 
@@ -185,6 +189,20 @@ def test_mean_pairwise_and_weights() -> None:
     assert math.isnan(mean_pairwise_tanimoto(np.zeros((0, 8), np.uint8))[1])
 
 
+def test_row_means_and_internal_diversity_with_weights() -> None:
+    fps = morgan_fingerprints(MOLS)
+    w = np.arange(1, len(MOLS) + 1)
+    rep = np.repeat(np.arange(len(MOLS)), w)  # the weights written out as duplicate rows
+    full = _rdkit_sim_matrix(MOLS, MOLS)[np.ix_(rep, rep)]
+    rows = pairwise_tanimoto_row_means(fps, weights=w, block=3)  # several off-diagonal blocks
+    np.testing.assert_allclose(rows[1][rep], full.mean(1), atol=1e-6)
+    np.testing.assert_allclose(rows[2][rep], (full**2).mean(1), atol=1e-6)
+    div = mm.internal_diversity(fps, w)
+    assert div["IntDiv"] == pytest.approx(1 - full.mean(), abs=1e-6)
+    assert div["IntDiv2"] == pytest.approx(1 - np.sqrt((full**2).mean(1)).mean(), abs=1e-6)
+    assert div["IntDiv2"] > 1 - math.sqrt((full**2).mean())  # Jensen: root per row, then mean
+
+
 def test_nearest_neighbour_within() -> None:
     fps = morgan_fingerprints(MOLS)
     sim = _rdkit_sim_matrix(MOLS, MOLS)
@@ -243,6 +261,11 @@ def test_kl_divergences() -> None:
         ("CCI", False),  # iodine not allowed
         ("S=C1SC(=Cc2ccccc2)C(=O)N1", False),  # PAINS ene_rhod
         ("Oc1ccc(N)cc1", False),  # PAINS anil_no_alk
+        ("O=CC1CCCCC1", False),  # MCF7 aldehyde
+        ("CCCCBr", False),  # MCF4 primary alkyl halide
+        ("CC1CO1", False),  # MCF5 epoxide
+        ("CN=NC", False),  # MCF11 azo
+        ("CC(C)(C)Br", True),  # tertiary halide: MCF4 needs a CH2
         ("C1CC", False),  # invalid
     ],
 )
@@ -278,7 +301,8 @@ def test_moses_self_reference(small_refs: dict) -> None:
         assert out[key] == pytest.approx(0.0, abs=1e-12)
     sim = _rdkit_sim_matrix(MOLS, MOLS)
     assert out["IntDiv"] == pytest.approx(1 - sim.mean(), abs=1e-6)
-    assert out["IntDiv2"] == pytest.approx(1 - math.sqrt((sim**2).mean()), abs=1e-6)
+    # molsets takes the square root per molecule, then averages (not the paper's root of the mean)
+    assert out["IntDiv2"] == pytest.approx(1 - np.sqrt((sim**2).mean(1)).mean(), abs=1e-6)
     assert out["Filters"] == pytest.approx(np.mean([md.passes_filters(s) for s in MOLS]))
     assert "FCD/Ref" not in out
 
@@ -425,3 +449,108 @@ def test_moses_test_subset_against_test_stats() -> None:
     assert out["Frag/Test"] > 0.99 and out["Filters"] > 0.99
     assert 0.1 < out["FCD/Test"] < 1.5  # finite-sample bias at n = 2000, not zero
     assert out["Scaf/TestSF"] < 0.05  # scaffold split: no shared scaffolds
+
+
+# --- reading statistics files without running code from them ------------------------------------------------
+class _Payload:
+    """Unpickling this object opens (and so creates) ``marker``: a stand-in for any command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted_stats(directory: Path, marker: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "test_stats.npz"
+    np.savez(path, stats=np.array(_Payload(str(marker)), dtype=object))  # what np.save pickles
+    return path
+
+
+@pytest.fixture
+def isolated_moses(tmp_path, monkeypatch):
+    """A MOSES data folder and a cache folder of the test's own, the memo cleared before and after."""
+    data = tmp_path / "moses_data"
+    monkeypatch.setenv(moses_data.MOSES_DATA_ENV, str(data))
+    monkeypatch.setenv(moses_data.CACHE_ENV, str(tmp_path / "cache"))
+    moses_data._stats_memo.cache_clear()
+    yield data
+    moses_data._stats_memo.cache_clear()
+    moses_data._find_moses_dir.cache_clear()
+
+
+def test_crafted_stats_file_is_refused_and_never_unpickled(isolated_moses, tmp_path) -> None:
+    marker = tmp_path / "payload_ran"
+    path = _crafted_stats(isolated_moses, marker)
+    with pytest.raises(DataError, match="refusing to read") as info:
+        moses_data.moses_reference_stats("test")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load io.open"):
+        stats_files.read_packaged_stats(path)  # the restricted unpickler, even past the digest gate
+    assert not marker.exists()
+    np.load(path, allow_pickle=True)["stats"]  # the payload is real: plain allow_pickle runs it
+    assert marker.exists()
+
+
+def test_working_directory_is_never_searched(tmp_path, monkeypatch) -> None:
+    # A crafted data folder and a fake molsets distribution in the working directory.
+    _crafted_stats(tmp_path / "moses" / "dataset" / "data", tmp_path / "payload_ran")
+    dist_info = tmp_path / "molsets-0.3.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: molsets\nVersion: 0.3.1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(moses_data.MOSES_DATA_ENV, raising=False)
+    monkeypatch.setattr("sys.path", ["", str(tmp_path), *__import__("sys").path])
+    moses_data._find_moses_dir.cache_clear()
+    try:
+        found = moses_data.moses_data_dir()
+    finally:
+        moses_data._find_moses_dir.cache_clear()
+    assert found is None or tmp_path not in found.resolve().parents
+
+
+def test_own_format_round_trip_and_refusal_of_other_files(isolated_moses) -> None:
+    stats = mm.reference_stats_from_smiles(MOLS, progress=False, fcd=False)
+    stats_files.save_reference_stats(stats, isolated_moses / "test_stats.npz")
+    back = moses_data.moses_reference_stats("test")
+    np.testing.assert_array_equal(back["SNN"]["fps"], stats["SNN"]["fps"])
+    np.testing.assert_array_equal(back["SNN"]["weights"], stats["SNN"]["weights"])
+    assert back["Frag"] == stats["Frag"] and back["Scaf"] == stats["Scaf"] and "FCD" not in back
+    np.testing.assert_array_equal(back["QED"]["values"], stats["QED"]["values"])
+    (isolated_moses / "test_scaffolds_stats.npz").write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="test_scaffolds_stats.npz: refusing to read"):
+        moses_data.moses_reference_stats("test_scaffolds")
+
+
+def test_packaged_file_is_converted_once_and_the_cache_verified(isolated_moses, monkeypatch, caplog) -> None:
+    # A benign file in molsets' pickled layout stands in for the real one (whose conversion is slow).
+    stats = mm.reference_stats_from_smiles(MOLS, progress=False, fcd=False)
+    legacy = {**stats, "SNN": {"fps": stats["SNN"]["fps"]}, "Frag": {"frag": Counter(stats["Frag"]["frag"])},
+              "FCD": {"mu": np.zeros(3, np.float32), "sigma": np.eye(3)}}  # fmt: skip
+    isolated_moses.mkdir()
+    path = isolated_moses / "test_stats.npz"
+    np.savez(path, stats=np.array(legacy, dtype=object))
+    converted = stats_files.content_digest(stats_files.flatten_stats(legacy))
+    monkeypatch.setitem(stats_files.PACKAGED_STATS_SHA256, "test", stats_files.file_sha256(path))
+    monkeypatch.setitem(stats_files.CONVERTED_STATS_SHA256, "test", converted)
+    first = moses_data.moses_reference_stats("test")
+    assert first["Frag"]["frag"] == stats["Frag"]["frag"] and first["FCD"]["sigma"].shape == (3, 3)
+    (cache,) = (isolated_moses.parent / "cache").glob("moses_test_stats_*.npz")
+    moses_data._stats_memo.cache_clear()
+    with monkeypatch.context() as m:  # the second load reads only the cache
+        m.setattr(stats_files, "read_packaged_stats", lambda p: pytest.fail("unpickled again"))
+        np.testing.assert_array_equal(moses_data.moses_reference_stats("test")["SNN"]["fps"], stats["SNN"]["fps"])
+    arrays = dict(np.load(cache))
+    arrays["QED.values"] = arrays["QED.values"] + 1.0  # a tampered cache is rebuilt, not trusted
+    np.savez(cache, **arrays)
+    moses_data._stats_memo.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="discrete_rae.metrics.stats_files"):
+        again = moses_data.moses_reference_stats("test")
+    assert "content digest" in caplog.text
+    np.testing.assert_array_equal(again["QED"]["values"], stats["QED"]["values"])
+    monkeypatch.setitem(stats_files.CONVERTED_STATS_SHA256, "test", "0" * 64)  # conversion must match too
+    moses_data._stats_memo.cache_clear()
+    with pytest.raises(DataError, match="differ from the known content"):
+        moses_data.moses_reference_stats("test")

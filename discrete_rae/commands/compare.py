@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "and pictures.")
     p.add_argument("--domain", default="digits", help="digits (= images + digits) | images | molecules | expressions")
     p.add_argument("--dataset", default="", help="data set of the domain (default: the preset's)")
-    p.add_argument("--models", default="gumbel_vae,discrete_rae", help="two registered models, A,B")
+    p.add_argument("--models", default=None, help="two registered models, A,B (default: gumbel_vae,discrete_rae)")
     p.add_argument("--runs", default="", help="two finished run directories A,B (instead of training)")
     p.add_argument("--preset", default="quick", help="smoke | quick (default) | paper")
     p.add_argument("--config", default=None, help="TOML file applied to both models ([model]/[train]/...)")
@@ -104,6 +104,9 @@ def obtain_sides(args: argparse.Namespace, device: torch.device) -> tuple[list[S
     """Train or load the two runs; returns the sides, the report directory and training seconds."""
     runs_dir = Path(args.runs_dir)
     t0 = time.monotonic()
+    if args.runs and args.models:
+        raise UsageError("--runs and --models contradict each other: --runs compares two finished runs, "
+                         "--models trains two models; give one of them")
     if args.runs:
         dirs = [Path(d) for d in _pair(args.runs, "--runs")]
         for d in dirs:
@@ -117,7 +120,7 @@ def obtain_sides(args: argparse.Namespace, device: torch.device) -> tuple[list[S
             raise UsageError(f"--runs: {sides[0].run.domain} and {sides[1].run.domain} runs cannot be compared")
         return sides, runs_dir / f"compare-{name}", 0.0
     domain, dataset = resolve_domain(args.domain, args.dataset)
-    models = _pair(args.models, "--models")
+    models = _pair(args.models or "gumbel_vae,discrete_rae", "--models")
     if models[0] == models[1]:
         raise UsageError("--models: name two different models (or compare two runs with --runs)")
     out_dir = runs_dir / check_run_name(f"compare-{args.name or '-vs-'.join(models) + '-' + (dataset or domain)}",

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from ..config import replace
+from ..config import EvalConfig, field_rules, replace
 from ..errors import UsageError
 from ..io import write_json
 from ..registry import DOMAINS
 from ..runtime import choose_device, set_threads
+from ..validate import check_value
 from .common import add_run_arg, format_metrics
 
 NAME = "evaluate"
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arg(p)
     p.add_argument("--n", type=int, default=None, help="number of samples (default: the run's eval.n_samples)")
     p.add_argument("--recon-protocol", default=None, help="greedy (default) | stochastic (10 encodings x 100 decodes)")
+    p.add_argument("--beam-width", type=int, default=None, help="molecules: also beam-search reconstruction (0 = off)")
     p.add_argument("--length-mask", default=None, choices=["true", "false"],
                    help="grammar decoding: finish within max_length (true, default) or the paper's cut-off (false)")
     p.add_argument("--ring-mask", default=None, choices=["true", "false"],
@@ -38,11 +40,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import DECODING_OPTIONS, apply_decoding_options, evaluate_loaded, load_run
 
+    if args.recon_protocol:  # checked before the run is loaded
+        check_value("--recon-protocol", args.recon_protocol, field_rules(EvalConfig, "recon_protocol"))
+    if args.n is not None and args.n <= 0:
+        raise UsageError(f"--n {args.n}: the number of samples must be positive")
     set_threads(args.threads)
     device = choose_device(args.device)
     loaded = load_run(Path(args.run), device)
     if args.recon_protocol:
         loaded.run.eval = replace(loaded.run.eval, {"recon_protocol": args.recon_protocol})
+    if args.beam_width is not None:
+        loaded.run.eval = replace(loaded.run.eval, {"beam_width": args.beam_width})
     # decoding options: re-score the same run with or without them
     overrides = {key: getattr(args, key) == "true" for key in DECODING_OPTIONS if getattr(args, key) is not None}
     if overrides:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..catalog import load_all
-from ..config import DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags, collect_flags, replace
+from ..config import DataConfig, EvalConfig, RunConfig, TrainConfig, add_dataclass_flags, collect_flags
 from ..errors import USER_ERRORS, UsageError
 from ..registry import DOMAINS, MODELS
 from ..runconfig import SECTIONS, default_model, resolve_run_config
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser, model_name: str | None = None, dom
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue the run --run-name from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA only)")
     add_common(p)
     spec = MODELS.get(model_name) if model_name in MODELS else MODELS.get(default_model(domain))
     model_cfg_cls = type(spec.config_for(domain if domain in spec.domains else spec.domains[0]))
@@ -58,12 +59,20 @@ def add_arguments(p: argparse.ArgumentParser, model_name: str | None = None, dom
     add_dataclass_flags(p, EvalConfig, "eval")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints (unknown flag, missing value) as one ``error:`` line, exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help for the options of this model)")
+
+
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     """The full parser of ``train.py`` for ``model_name`` on ``domain``."""
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
-    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)} or a file path" for n, d in DOMAINS.items())
-    p = argparse.ArgumentParser(
+    files = {n: " or a file path" if hasattr(d, "load_texts") else "" for n, d in DOMAINS.items()}  # images: names
+    domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{files[n]}" for n, d in DOMAINS.items())
+    p = _OneLineParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a generative autoencoder, fit its ex-post sampler, sample and evaluate.\n\n"
                     f"domains:\n{domains}\n\nmodels:\n{models}",
@@ -196,11 +205,6 @@ def _train_in(run_cfg: RunConfig, run_dir: Path, args: argparse.Namespace, dist:
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
-    from ..checkpoint import load_checkpoint
-    from ..pipeline import run_config_from_checkpoint
+    from ..resume import resume_config  # which flags a resumed run honours, refuses, records
 
-    run_cfg = run_config_from_checkpoint(load_checkpoint(run_dir / "checkpoint.pt"))
-    extra_epochs = collect_flags(args, "train").get("epochs")
-    if extra_epochs is not None:  # allow extending a finished run
-        run_cfg.train = replace(run_cfg.train, {"epochs": extra_epochs})
-    return run_cfg
+    return resume_config(run_dir, args)

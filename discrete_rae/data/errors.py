@@ -14,7 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DataError", "LoadReport", "MAX_EXAMPLES"]
+__all__ = ["DataError", "LoadReport", "MAX_EXAMPLES", "MIN_TRAIN", "MIN_VAL", "drop_counts", "describe_drops",
+           "check_split_sizes"]
 
 #: Examples kept per rejection reason.
 MAX_EXAMPLES = 5
@@ -110,6 +111,11 @@ class LoadReport:
             lines.append(f"  rejected {reason} ({count:,}): {shown}")
         return "\n".join(lines)
 
+    def counts(self) -> dict[str, Any]:
+        """The counts only (no examples, notes or histogram): what a run records of its load."""
+        return {"records": self.records, "examined": self.examined, "kept": self.kept,
+                "duplicates": self.duplicates, "rejected": dict(self.rejected)}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return {
@@ -130,3 +136,58 @@ class LoadReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+# --------------------------------------------------------------------------------------
+# What preparation dropped, and the smallest data set a run accepts
+# --------------------------------------------------------------------------------------
+
+#: Fewest training examples a run accepts: the ex-post Gaussian sampler fits a covariance to
+#: the training codes, and one code has none (two give a rank-one estimate plus the ridge).
+MIN_TRAIN = 2
+#: Fewest validation examples: the validation loss steers early stopping, the learning-rate
+#: schedule and the choice of the best weights.
+MIN_VAL = 1
+
+
+def drop_counts(load_counts: dict[str, Any] | None, encode_failures: dict[str, int] | None,
+                too_long: int) -> dict[str, int]:
+    """Examples lost between the source and the splits, by reason (only non-zero counts).
+
+    ``load_counts`` is :meth:`LoadReport.counts` of the loader (records it rejected, by reason,
+    and duplicates), ``encode_failures`` the codec's failures by reason (strings the grammar
+    cannot derive) and ``too_long`` the encoded strings longer than the model's max_length.
+    """
+    out: dict[str, int] = {}
+    if load_counts:
+        for reason, count in dict(load_counts.get("rejected", {})).items():
+            out[f"rejected by the loader ({reason})"] = int(count)
+        out["duplicates"] = int(load_counts.get("duplicates", 0))
+    out["not encodable (grammar/vocabulary)"] = int(sum((encode_failures or {}).values()))
+    out["longer than max_length"] = int(too_long)
+    return {k: v for k, v in out.items() if v}
+
+
+def describe_drops(info: dict[str, Any]) -> str:
+    """One phrase: what preparation kept and dropped by reason (from a Prepared.info dict)."""
+    dropped = info.get("dropped")
+    if dropped is None:
+        return f"{info.get('n_train', 0)} train / {info.get('n_val', 0)} val / {info.get('n_test', 0)} test"
+    lost = sum(dropped.values())
+    reasons = ", ".join(f"{n:,} {why}" + (f" {info.get('max_length')}" if why == "longer than max_length" else "")
+                        for why, n in dropped.items()) or "none"
+    kept = int(info.get("n_kept", 0))
+    return (f"{kept + lost:,} read, {lost:,} dropped ({reasons}), {kept:,} left: "
+            f"{info.get('n_train', 0)} train / {info.get('n_val', 0)} val / {info.get('n_test', 0)} test")
+
+
+def check_split_sizes(dataset: str, n_train: int, n_val: int, info: dict[str, Any]) -> None:
+    """Raise :class:`DataError` when the splits are too small to train a run and fit its samplers."""
+    if n_train >= MIN_TRAIN and n_val >= MIN_VAL:
+        return
+    raise DataError(
+        f"data set {dataset!r} is too small: {describe_drops(info)}; a run needs at least {MIN_TRAIN} train "
+        f"and {MIN_VAL} val example ({MIN_TRAIN} because the ex-post Gaussian sampler fits a covariance to the "
+        f"training codes; {MIN_VAL} because the validation loss drives early stopping and the best weights). "
+        "Use a larger data set, or raise --n-train or --max-length"
+    )

@@ -434,7 +434,7 @@ def _open_binary(path: Path, label: str) -> io.BufferedIOBase:
     except (OSError, EOFError, zlib.error) as exc:
         raw.close()
         raise DataError(f"{label}: cannot read the gzip stream ({exc})") from None
-    if b"\x00" in probe:
+    if _mostly_nul_lines(probe):
         raw.close()
         raise DataError(f"{label}: looks like a binary file (NUL bytes), expected text with one SMILES per line")
     if not probe:
@@ -443,24 +443,56 @@ def _open_binary(path: Path, label: str) -> io.BufferedIOBase:
     return raw
 
 
+def _mostly_nul_lines(probe: bytes) -> bool:
+    """A binary file: at least half of the non-blank lines of the probe hold a NUL byte.
+
+    One stray NUL in a text file only spoils its line, which is then a counted bad record
+    wherever it is (before, a NUL in the first 64 KiB rejected the whole file).
+    """
+    if b"\x00" not in probe:
+        return False
+    lines = [line for line in probe.split(b"\n") if line.strip()]
+    return 2 * sum(b"\x00" in line for line in lines) >= len(lines)
+
+
 def _split_fields(line: str, delimiter: str | None) -> list[str]:
     if delimiter is None:
         return line.split()
     return [f.strip() for f in line.split(delimiter)]
 
 
-def _looks_like_header(fields: Sequence[str], is_csv: bool) -> bool:
-    """True when a first record is a header row."""
-    if any(f.strip().lower() in SMILES_HEADERS for f in fields):
+def _looks_like_header(fields: Sequence[str], is_csv: bool, column: str | int | None = None) -> bool:
+    """True when a first record is a header row.
+
+    A header: a field named like a SMILES column, or like the requested ``column``. Otherwise a
+    CSV row is a header only when its SMILES field (``column`` if an index, else the first) is
+    not a molecule and no field is a number (so a header without the requested name is still
+    taken as one, and the error lists its columns) (header rows hold names; a data row whose molecule
+    is broken is a bad record, counted like any other, not a header).
+    """
+    names = [f.strip().lower() for f in fields]
+    if any(n in SMILES_HEADERS for n in names):
+        return True
+    by_index = isinstance(column, int) or (isinstance(column, str) and column.strip().isdigit())
+    if isinstance(column, str) and column and not by_index and column.strip().lower() in names:
         return True
     if not is_csv or not fields:
         return False
-    # CSV files usually carry a header: treat the first row as one when its first
-    # field is not a molecule
+    col = int(column) if by_index else 0
+    if col >= len(fields) or any(_is_number(f) for f in fields):
+        return False
     from rdkit import Chem
 
     with _quiet_rdkit():
-        return Chem.MolFromSmiles(fields[0].strip()) is None
+        return Chem.MolFromSmiles(fields[col].strip()) is None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _pick_column(header: list[str] | None, column: str | int | None, label: str) -> tuple[int, str]:
@@ -535,10 +567,11 @@ def _read_records(path: Path, label: str, column: str | int | None, report: Load
             if not fields or not any(f.strip() for f in fields):
                 report.blank += 1
                 continue
-            if _looks_like_header(fields, is_csv):
+            if _looks_like_header(fields, is_csv, column):
                 header = [f.strip() for f in fields]
                 col, desc = _pick_column(header, column, label)
                 report.notes.append(f"header row {header[:8]}; SMILES from {desc}")
+                logger.info("%s: line %d taken as the header row %s", label, lineno, header[:8])
             else:
                 col, desc = _pick_column(None, column, label)
                 if col >= len(fields):
@@ -547,6 +580,8 @@ def _read_records(path: Path, label: str, column: str | int | None, report: Load
                         f"has {len(fields)} field{'s' if len(fields) != 1 else ''})"
                     )
                 report.notes.append(f"no header row; SMILES from {desc}")
+                if is_csv:
+                    logger.info("%s: no header row (line %d is data); SMILES from %s", label, lineno, desc)
                 _take(fields, col, lineno, report, texts, lines)
             break
         # the rest, in a tight loop

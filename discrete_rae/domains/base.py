@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.cache import texts_sha256
+from ..data.errors import DataError, drop_counts
 from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
 from ..grammar import Grammar
@@ -103,7 +104,9 @@ class SequenceDomain(Domain):
         cache_dir = Path(run.data.data_dir or _default_data_dir()) / "cache"
         enc = codec.encode(texts, cache_dir=cache_dir, workers=max(1, run.data.workers), progress=progress)
         if not enc.texts:
-            raise ValueError(f"dataset {run.data.dataset!r}: no string could be encoded by the {codec.kind} codec")
+            example = f" (e.g. {enc.failures[0][1][:60]!r}: {enc.failures[0][2][:80]})" if enc.failures else ""
+            raise DataError(f"dataset {run.data.dataset or self.default_dataset!r}: none of its {len(texts)} strings "
+                            f"can be encoded by the {codec.kind} codec{example}")
         lengths = np.asarray(enc.lengths)
         if codec_state is None:  # fix the model's sequence length from the data
             codec.max_length = int(run.model.max_length or lengths.max())
@@ -115,7 +118,8 @@ class SequenceDomain(Domain):
         info = {**report, "encoded": len(enc.texts), "encode_failures": dict(failures),
                 "too_long": int((~keep).sum()), "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                 "max_length": codec.max_length, "mean_length": float(lengths.mean()),
-                "data_hash": texts_sha256(kept)}
+                "data_hash": texts_sha256(kept), "loaded": len(texts), "n_kept": len(kept),
+                "dropped": drop_counts(report.get("load_counts"), dict(failures), int((~keep).sum()))}
         if enc.failures:
             log.warning("%d of %d strings could not be encoded (%s); e.g. %r", len(enc.failures), len(texts),
                         dict(failures), enc.failures[0][1][:80])

@@ -39,7 +39,8 @@ class ExpressionDomain(SequenceDomain):
         d = run.data
         data = load_expressions(d.dataset or self.default_dataset, n=d.n_train or 100_000, seed=run.train.seed,
                                 grammar=self.grammar)
-        return list(data.expressions), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary()}
+        return list(data.expressions), {"dataset": d.dataset or self.default_dataset,
+                                        "load_report": data.report.summary(), "load_counts": data.report.counts()}
 
     def canonical(self, text: str) -> str | None:
         """The grammar's canonical spelling, or None when the text is not in the language."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+import torch
+
+from ..codecs import SequenceCodec
+from ..config import EvalConfig, RunConfig
 from ..registry import DOMAINS
-from .base import SequenceDomain
+from .base import Prepared, SequenceDomain
 
 
 class MoleculeDomain(SequenceDomain):
@@ -25,7 +29,36 @@ class MoleculeDomain(SequenceDomain):
         data = load_molecules(d.dataset or self.default_dataset, n=d.n_train or None, seed=run.train.seed,
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
                               progress=progress)
-        return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary()}
+        return list(data.smiles), {"dataset": d.dataset or self.default_dataset,
+                                   "load_report": data.report.summary(), "load_counts": data.report.counts()}
+
+    def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
+        if kind == "selfies":  # vocabulary from the training SMILES, like the character codec
+            from ..selfies_codec import SelfiesCodec
+
+            return SelfiesCodec.fit(texts, max_length or None)
+        return super().make_codec(kind, texts, max_length, grammar)
+
+    def reconstruction(self, model: Any, prepared: Prepared, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+        """Greedy reconstruction, and beside it (``beam_width`` > 0, greedy protocol) the same
+        held-out codes decoded by beam search: ``recon_accuracy_beam``, the share whose best
+        beam equals the input, with the decoding time of each."""
+        t0 = time.monotonic()
+        out = super().reconstruction(model, prepared, cfg, device)
+        width = int(getattr(cfg, "beam_width", 0) or 0)
+        if width <= 0 or out.get("recon_protocol") != "greedy" or not prepared.test_texts:
+            return out
+        from ..beam import beam_decode_texts
+
+        out["recon_seconds"] = round(time.monotonic() - t0, 2)
+        t0 = time.monotonic()
+        z = self.encode(model, prepared.test, device)
+        decoded = beam_decode_texts(model, z, width, device)
+        truth = prepared.test_texts
+        hits = sum(d is not None and self.canonical(d) == t for d, t in zip(decoded, truth))
+        out.update({"recon_accuracy_beam": hits / len(truth), "beam_width": width,
+                    "recon_seconds_beam": round(time.monotonic() - t0, 2)})
+        return out
 
     def canonical(self, text: str) -> str | None:
         from ..chem import canonical

@@ -11,16 +11,18 @@ Definitions (see docs/METRICS.md for the full text):
 * scaffold: canonical SMILES of the Bemis-Murcko scaffold (``MurckoScaffold.GetScaffoldForMol``),
   ``None`` when it has fewer than 2 rings (MOSES drops those);
 * physchem: Crippen logP, SA score, QED, average molecular weight;
-* filters: see :func:`passes_filters`.
+* filters: see :func:`passes_filters` (MOSES's rules and SMARTS, ``moses_filters.csv``).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -32,13 +34,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOWED_ATOMS",
-    "FILTER_CATALOGS",
+    "FILTER_SMARTS_FILE",
     "GUACAMOL_DESCRIPTORS",
     "MolRecord",
     "brics_fragments",
     "canonicalize_parallel",
     "describe",
     "describe_many",
+    "filter_patterns",
     "guacamol_descriptors",
     "murcko_scaffold",
     "parallel_map",
@@ -51,9 +54,9 @@ R = TypeVar("R")
 
 #: Elements a molecule may contain to pass :func:`passes_filters` (MOSES's atom whitelist).
 ALLOWED_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
-#: RDKit FilterCatalog catalogs whose matches fail :func:`passes_filters`.
-FILTER_CATALOGS = ("PAINS_A", "PAINS_B", "PAINS_C", "CHEMBL_Glaxo")
-#: Largest ring (SSSR) size that passes :func:`passes_filters`.
+#: The structural alerts of :func:`passes_filters`: MOSES's 22 MCF and 480 PAINS SMARTS.
+FILTER_SMARTS_FILE = Path(__file__).with_name("moses_filters.csv")
+#: Largest ring size (over RDKit's ring perception) that passes :func:`passes_filters`.
 MAX_RING_SIZE = 7
 FP_RADIUS = 2
 FP_BITS = 1024
@@ -106,20 +109,24 @@ def canonicalize_parallel(
 
 
 # --- single-molecule definitions ------------------------------------------------------------------
-_FILTER_CATALOG: Any = None
+_FILTER_PATTERNS: list[Chem.Mol] | None = None
 _FP_GEN: Any = None
 
 
-def _filter_catalog() -> Any:
-    global _FILTER_CATALOG
-    if _FILTER_CATALOG is None:
-        from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
-
-        params = FilterCatalogParams()
-        for name in FILTER_CATALOGS:
-            params.AddCatalog(getattr(FilterCatalogParams.FilterCatalogs, name))
-        _FILTER_CATALOG = FilterCatalog(params)
-    return _FILTER_CATALOG
+def filter_patterns() -> list[Chem.Mol]:
+    """The query molecules of :data:`FILTER_SMARTS_FILE`, parsed once (502 patterns)."""
+    global _FILTER_PATTERNS
+    if _FILTER_PATTERNS is None:
+        with open(FILTER_SMARTS_FILE, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+        patterns = []
+        for row in rows:
+            query = Chem.MolFromSmarts(row["smarts"])
+            if query is None:  # a broken pattern would silently pass everything it should catch
+                raise RuntimeError(f"{FILTER_SMARTS_FILE}: filter {row['name']} has an unparsable SMARTS")
+            patterns.append(query)
+        _FILTER_PATTERNS = patterns
+    return _FILTER_PATTERNS
 
 
 def _fp_generator() -> Any:
@@ -132,21 +139,33 @@ def _fp_generator() -> Any:
 
 
 def passes_filters(mol: Chem.Mol | str) -> bool:
-    """MOSES-style medicinal-chemistry filters (our definition; see docs/METRICS.md).
+    """The MOSES ``Filters`` test of one molecule (the rules of molsets 0.3.1).
 
-    A molecule passes when (1) every atom is one of :data:`ALLOWED_ATOMS`, (2) no atom carries a
-    formal charge, (3) no SSSR ring has more than :data:`MAX_RING_SIZE` atoms and (4) it matches
-    no entry of RDKit's PAINS (A, B, C) and ChEMBL Glaxo filter catalogs.
+    A molecule passes when all of these hold:
+
+    1. no ring of RDKit's ring perception (``GetRingInfo().AtomRings()``, the symmetrised SSSR)
+       has more than :data:`MAX_RING_SIZE` atoms;
+    2. no atom carries a formal charge;
+    3. every atom is one of :data:`ALLOWED_ATOMS`;
+    4. no SMARTS of :data:`FILTER_SMARTS_FILE` (22 MCF + 480 PAINS alerts) matches the molecule
+       with explicit hydrogens (the alerts spell hydrogens out as ``[#1]``/``[H]`` atoms);
+    5. its non-isomeric SMILES is non-empty and parses again.
+
+    The result is the conjunction, so the order only saves work.
     """
     m = chem._as_mol(mol)
     if m is None:
         return False
-    for atom in m.GetAtoms():
-        if atom.GetSymbol() not in ALLOWED_ATOMS or atom.GetFormalCharge() != 0:
-            return False
-    if any(len(ring) > MAX_RING_SIZE for ring in Chem.GetSymmSSSR(m)):
+    if any(len(ring) > MAX_RING_SIZE for ring in m.GetRingInfo().AtomRings()):
         return False
-    return not _filter_catalog().HasMatch(m)
+    for atom in m.GetAtoms():
+        if atom.GetFormalCharge() != 0 or atom.GetSymbol() not in ALLOWED_ATOMS:
+            return False
+    with_h = Chem.AddHs(m)
+    if any(with_h.HasSubstructMatch(query) for query in filter_patterns()):
+        return False
+    smiles = Chem.MolToSmiles(m, isomericSmiles=False)
+    return bool(smiles) and Chem.MolFromSmiles(smiles) is not None
 
 
 def brics_fragments(mol: Chem.Mol | str) -> list[str]:
@@ -234,7 +253,7 @@ def describe_many(
 ) -> list[MolRecord | None]:
     """:func:`describe` over a list (in parallel with ``n_jobs`` processes)."""
     chem._sascorer()  # load once in the parent so forked workers inherit it
-    _filter_catalog()
+    filter_patterns()
     return parallel_map(describe, list(smiles), n_jobs=n_jobs, progress=progress, desc=desc, chunksize=64)
 
 

@@ -37,7 +37,7 @@ from .mol_descriptors import (
     parallel_map,
     unpack_fingerprints,
 )
-from .similarity import max_tanimoto, mean_pairwise_tanimoto, nearest_neighbour_within
+from .similarity import max_tanimoto, nearest_neighbour_within, pairwise_tanimoto_row_means
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ __all__ = [
     "cosine_similarity_counts",
     "format_table",
     "guacamol_metrics",
+    "internal_diversity",
     "kl_divergence_continuous",
     "kl_divergence_discrete",
     "moses_metrics",
@@ -138,6 +139,30 @@ def kl_divergence_discrete(p_samples: Sequence[float], q_samples: Sequence[float
     qq = np.array([np.count_nonzero(q == s) for s in support], np.float64) / q.size + 1e-10
     pp, qq = pp / pp.sum(), qq / qq.sum()
     return float(np.sum(pp * np.log(pp / qq)))
+
+
+def internal_diversity(
+    fps: np.ndarray, weights: np.ndarray | None = None, powers: Sequence[int] = (1, 2), progress: bool = False
+) -> dict[str, float]:
+    """MOSES internal diversity ``{"IntDiv": ..., "IntDiv2": ...}`` of fingerprints ``[N, bits]``.
+
+    As molsets computes it: the p-th root is taken per molecule, then averaged,
+
+        IntDiv_p = 1 - mean_i ( mean_j T(i, j)^p )^(1/p)
+
+    over all valid samples i, j (duplicates counted through ``weights``, the diagonal included).
+    For p = 1 this is the paper's ``1 - mean_{i,j} T(i, j)``; for p = 2 it is *not* the paper's
+    ``1 - (mean_{i,j} T^2)^(1/2)`` (by Jensen's inequality molsets' value is the larger).
+    """
+    w = np.ones(len(fps)) if weights is None else np.asarray(weights, np.float64)
+    if w.sum() <= 0:
+        return {"IntDiv" if p == 1 else f"IntDiv{p}": float("nan") for p in powers}
+    rows = pairwise_tanimoto_row_means(fps, weights=w, powers=powers, progress=progress)
+    out = {}
+    for p in powers:
+        per_molecule = rows[p] if p == 1 else np.power(rows[p], 1.0 / p)
+        out["IntDiv" if p == 1 else f"IntDiv{p}"] = 1.0 - float(np.dot(w, per_molecule) / w.sum())
+    return out
 
 
 # --- reference statistics ---------------------------------------------------------------------------
@@ -301,9 +326,7 @@ def moses_metrics(
             out[f"Scaf/{name}"] = cosine_similarity_counts(gen["Scaf"]["scaf"], ref["Scaf"]["scaf"])
 
     t0 = time.perf_counter()
-    means = mean_pairwise_tanimoto(gen_fps, weights=weights, powers=(1, 2), progress=progress)
-    out["IntDiv"] = 1.0 - means[1]
-    out["IntDiv2"] = 1.0 - math.sqrt(means[2])
+    out.update(internal_diversity(gen_fps, weights, powers=(1, 2), progress=progress))
     logger.info("IntDiv: %.1fs", time.perf_counter() - t0)
     out["Filters"] = float(np.average([r.passes_filters for r in records], weights=weights))
 

@@ -11,8 +11,12 @@ package itself no longer imports on current Python/RDKit, but its data files are
                                                    "Frag": {"frag"}, "Scaf": {"scaf"},
                                                    "logP"/"SA"/"QED"/"weight": {"values"}}
 
-The directory is found, in order, from ``$DISCRETE_RAE_MOSES_DATA``, the installed ``molsets``
-distribution's file list, and ``moses/dataset/data`` under every ``sys.path`` entry.
+The directory is ``$DISCRETE_RAE_MOSES_DATA`` when set, else the installed ``molsets``
+distribution's ``moses/dataset/data`` (looked up on ``sys.path`` without the working directory:
+nothing is read from the working directory unless the variable names it).  The statistics files are
+read by :mod:`.stats_files`: molsets' own pickled files only when their sha256 is that of the
+molsets 0.3.1 wheel (converted once into a pickle-free cache), anything else only in our
+pickle-free format.
 
 The canonical MOSES training set (for novelty) is canonicalised with the *installed* RDKit, since
 canonical SMILES change slightly between RDKit releases (~1 in 10,000 training SMILES is no
@@ -31,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .stats_files import load_stats_file
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,19 @@ def _looks_like_moses_dir(path: Path) -> bool:
     return (path / "test_stats.npz").is_file() or (path / "train.csv.gz").is_file()
 
 
+def _search_path() -> list[str]:
+    """``sys.path`` without the working directory ('' or an entry that resolves to it)."""
+    cwd = Path.cwd().resolve()
+    kept = []
+    for entry in sys.path:
+        try:
+            if entry and Path(entry).resolve() != cwd:
+                kept.append(entry)
+        except OSError:
+            continue
+    return kept
+
+
 @functools.lru_cache(maxsize=1)
 def _find_moses_dir() -> Path | None:
     env = os.environ.get(MOSES_DATA_ENV)
@@ -64,17 +81,10 @@ def _find_moses_dir() -> Path | None:
         if _looks_like_moses_dir(p):
             return p
         logger.warning("%s=%s holds no MOSES data files; searching elsewhere", MOSES_DATA_ENV, env)
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
+    from importlib.metadata import distributions
 
-        dist = distribution("molsets")
+    for dist in distributions(name="molsets", path=_search_path()):
         p = Path(str(dist.locate_file("moses/dataset/data")))
-        if _looks_like_moses_dir(p):
-            return p
-    except (PackageNotFoundError, Exception):  # noqa: BLE001
-        pass
-    for entry in sys.path:
-        p = Path(entry or ".") / "moses" / "dataset" / "data"
         if _looks_like_moses_dir(p):
             return p
     return None
@@ -104,23 +114,26 @@ def load_moses_smiles(split: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=2)
+def _stats_memo(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    """Statistics of one file version (size and mtime in the key: a replaced file is read anew)."""
+    return load_stats_file(Path(path), cache_dir=cache_dir())
+
+
 def moses_reference_stats(split: str) -> dict[str, Any]:
-    """Precomputed MOSES statistics of ``"test"`` or ``"test_scaffolds"`` (see the module docstring)."""
+    """Precomputed MOSES statistics of ``"test"`` or ``"test_scaffolds"`` (see the module docstring).
+
+    Raises:
+        DataError: the statistics file is neither molsets 0.3.1's (by sha256) nor in our
+            pickle-free format; nothing in it has been unpickled.
+    """
     if split not in _STATS:
         raise ValueError(f"unknown MOSES stats {split!r}; choose from {sorted(_STATS)}")
     path = moses_data_dir(required=True) / _STATS[split]
-    with np.load(path, allow_pickle=True) as data:
-        stats = data["stats"].item()
-    return {
-        "FCD": {
-            "mu": np.asarray(stats["FCD"]["mu"], np.float64),
-            "sigma": np.asarray(stats["FCD"]["sigma"], np.float64),
-        },
-        "SNN": {"fps": np.asarray(stats["SNN"]["fps"], np.uint8)},
-        "Frag": {"frag": dict(stats["Frag"]["frag"])},
-        "Scaf": {"scaf": dict(stats["Scaf"]["scaf"])},
-        **{k: {"values": np.asarray(stats[k]["values"], np.float64)} for k in ("logP", "SA", "QED", "weight")},
-    }
+    try:
+        st = path.stat()
+    except OSError:
+        return load_stats_file(path)  # raises the DataError naming the missing file
+    return _stats_memo(str(path), st.st_size, st.st_mtime_ns)
 
 
 def cache_dir() -> Path:

@@ -25,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import LatentConfig
+from ..config import LatentConfig, option
 from ..latents import build_latent
 from ..model import AutoEncoder
 from ..nn.images import ConvImageDecoder, ConvImageEncoder, as_float_images
 from ..registry import ModelSpec, register_model
 from ..regularizers import build_regularizer
+
+PIXEL_LIKELIHOODS = ("gaussian", "bernoulli")
 
 
 @dataclass
@@ -43,10 +45,12 @@ class ImageModelConfig(LatentConfig):
     """
 
     latent_dim: int = 16
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    likelihood: str = "gaussian"
-    pixel_sigma: float = 0.1
-    batch_norm: bool = True
+    channels: tuple[int, ...] = option((32, 64, 128, 256), "widths of the stride-2 conv stages, comma-separated",
+                                       ge=1, min_items=1)
+    likelihood: str = option("gaussian", "pixel likelihood", choices=PIXEL_LIKELIHOODS, kind="pixel likelihood")
+    pixel_sigma: float = option(0.1, "standard deviation of the Gaussian pixel likelihood", gt=0,
+                                applies={"likelihood": ("gaussian",)})
+    batch_norm: bool = option(True, "BatchNorm after each (transposed) conv (true/false)")
 
 
 class PixelLikelihood(nn.Module):
@@ -57,8 +61,8 @@ class PixelLikelihood(nn.Module):
 
     def __init__(self, kind: str = "gaussian", sigma: float = 0.1) -> None:
         super().__init__()
-        if kind not in ("gaussian", "bernoulli"):
-            raise ValueError(f"unknown pixel likelihood {kind!r}; choose gaussian or bernoulli")
+        if kind not in PIXEL_LIKELIHOODS:
+            raise ValueError(f"unknown pixel likelihood {kind!r}; choose one of: {', '.join(PIXEL_LIKELIHOODS)}")
         if kind == "gaussian" and sigma <= 0:
             raise ValueError(f"pixel_sigma must be positive, got {sigma}")
         self.kind, self.sigma = kind, float(sigma)

@@ -9,17 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import LatentConfig
+from ..codecs import CODECS, SequenceCodec
+from ..config import LatentConfig, names_in, option
 from ..latents import build_latent
 from ..model import AutoEncoder, SequenceLikelihood
-from ..nn.sequence import DECODERS, ConvSequenceEncoder, GRUSequenceEncoder
+from ..nn.sequence import DECODERS, ENCODERS, ConvSequenceEncoder, GRUSequenceEncoder
 from ..registry import ModelSpec, register_model
 from ..regularizers import build_regularizer
 
 
+def _sequence_codecs() -> list[str]:
+    """The registered codecs that tokenise strings (CODECS also holds e.g. the pixel codec)."""
+    return sorted(name for name, cls in CODECS.items() if issubclass(cls, SequenceCodec))
+
+
+_CONV = {"encoder": ("conv",)}
+
+
 @dataclass
 class SequenceModelConfig(LatentConfig):
-    """Sequence autoencoder. codec: grammar | char.  max_length 0: from the training data.
+    """Sequence autoencoder. codec: grammar | char | selfies.  max_length 0: from the training data.
 
     ``grammar``: a builtin grammar name (``smiles``, ``smiles_compact``, ``expressions``,
     ``expressions_compact``); empty = the domain's default.
@@ -29,18 +38,27 @@ class SequenceModelConfig(LatentConfig):
     paper's non-autoregressive one (code repeated at each step).
     """
 
-    codec: str = "grammar"
-    grammar: str = ""
-    max_length: int = 0
-    encoder: str = "conv"
-    conv_channels: tuple[int, ...] = (9, 9, 10)
-    conv_kernels: tuple[int, ...] = (9, 9, 11)
-    enc_hidden: int = 435
-    decoder: str = "gru"
-    dec_hidden: int = 256
-    dec_layers: int = 1
-    embed_dim: int = 64
-    word_dropout: float = 0.0
+    codec: str = option("grammar", "sequence codec: grammar = production rules, char = characters",
+                        choices=_sequence_codecs, kind="sequence codec")
+    grammar: str = option("", "builtin grammar for the grammar codec; empty = the domain's",
+                          choices=names_in("discrete_rae.grammar", "builtin_names"), kind="grammar", optional=True,
+                          applies={"codec": ("grammar",)})
+    max_length: int = option(0, "sequence length; 0 = longest in the data", ge=0)
+    encoder: str = option("conv", "sequence encoder: conv = the Grammar VAE's, gru = bidirectional GRU",
+                          choices=ENCODERS, kind="sequence encoder")
+    conv_channels: tuple[int, ...] = option((9, 9, 10), "conv encoder channels, comma-separated", ge=1, min_items=1,
+                                            applies=_CONV)
+    conv_kernels: tuple[int, ...] = option((9, 9, 11), "conv encoder kernel sizes, comma-separated", ge=1,
+                                           min_items=1, applies=_CONV)
+    enc_hidden: int = option(435, "encoder dense/hidden width", ge=1)
+    decoder: str = option("gru", "sequence decoder: gru = autoregressive, repeat = code repeated at every step",
+                          choices=DECODERS, kind="sequence decoder")
+    dec_hidden: int = option(256, "decoder GRU width", ge=1)
+    dec_layers: int = option(1, "decoder GRU layers", ge=1)
+    embed_dim: int = option(64, "token embedding size of the GRU encoder / autoregressive decoder", ge=1,
+                            applies=({"encoder": ("gru",)}, {"decoder": ("gru",)}))
+    word_dropout: float = option(0.0, "autoregressive decoder: probability of hiding each previous token in "
+                                 "training", ge=0, lt=1, applies={"decoder": ("gru",)})
 
 
 def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
@@ -64,7 +82,7 @@ _VAE = dict(latent="gaussian", beta=1.0, kl_anneal_steps=2000, decoder_reg="none
 _RAE = dict(latent="deterministic", beta=1e-3, decoder_reg="l2", reg_weight=1e-4)
 
 _SEQ_DOMAINS = ("molecules", "expressions")
-_WHAT = {"grammar": "Grammar", "char": "character"}
+_WHAT = {"grammar": "Grammar", "char": "character", "selfies": "SELFIES"}
 
 for _codec in ("grammar", "char"):
     register_model(ModelSpec(
@@ -73,6 +91,14 @@ for _codec in ("grammar", "char"):
     register_model(ModelSpec(
         f"{_codec}_rae", f"{_WHAT[_codec]} RAE: deterministic code, L2 decoder, GMM sampling",
         SequenceModelConfig(codec=_codec, **_RAE), build_sequence_model, _SEQ_DOMAINS, "gmm"))
+
+# SELFIES: the character models' networks over SELFIES tokens (molecules only)
+register_model(ModelSpec(
+    "selfies_vae", "SELFIES VAE: Gaussian latent + KL, prior sampling (every decode is a molecule)",
+    SequenceModelConfig(codec="selfies", **_VAE), build_sequence_model, ("molecules",), "prior"))
+register_model(ModelSpec(
+    "selfies_rae", "SELFIES RAE: deterministic code, L2 decoder, GMM sampling (every decode is a molecule)",
+    SequenceModelConfig(codec="selfies", **_RAE), build_sequence_model, ("molecules",), "gmm"))
 
 for _reg, _weight in (("l2", 1e-4), ("gp", 1e-2), ("sn", 0.0), ("none", 0.0)):
     register_model(ModelSpec(

@@ -121,6 +121,14 @@ class AutoregressiveGRUDecoder(nn.Module):
         h, _ = self.rnn(x, self._h0(z))
         return self.out(h)
 
+    def step(self, z: Tensor, prev: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """One decoding step: code z [B, D], previous tokens prev [B] (``vocab`` = start),
+        hidden h [layers, B, hidden] -> (logits [B, V], next h). Shared by greedy/sampled
+        decoding and beam search; h starts at ``_h0(z)``."""
+        x = torch.cat([self.embed(prev), z], dim=-1).unsqueeze(1)
+        out, h = self.rnn(x, h)
+        return self.out(out[:, 0]), h
+
     @torch.no_grad()
     def generate(self, z: Tensor, codec: SequenceCodec, greedy: bool = True, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -128,9 +136,8 @@ class AutoregressiveGRUDecoder(nn.Module):
         h = self._h0(z)
         prev = torch.full((z.shape[0],), self.vocab, dtype=torch.long, device=z.device)
         for _ in range(self.length):
-            x = torch.cat([self.embed(prev), z], dim=-1).unsqueeze(1)
-            out, h = self.rnn(x, h)
-            prev = select(self.out(out[:, 0]).float(), state.allowed(), greedy, temperature, generator)
+            logits, h = self.step(z, prev, h)
+            prev = select(logits.float(), state.allowed(), greedy, temperature, generator)
             state.push(prev)
             if bool(state.done.all()):
                 break
