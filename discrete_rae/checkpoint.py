@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write, sha256_text, with_path, write_text  # noqa: F401  (with_path, write_text re-exported)
+from .io import atomic_write, sha256_text, with_path, write_text  # noqa: F401  (write_text re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,15 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     (:func:`discrete_rae.io.atomic_write`, durable: the folder is fsynced too). An OSError
     names ``path`` (a full disk reports ENOSPC without a file name).
     """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise with_path(err, path) from None
     body = {"format_version": FORMAT_VERSION, **payload}
     body.pop(_DIGEST_KEY, None)
     body[_DIGEST_KEY] = content_digest(body)
-    atomic_write(Path(path), lambda fh: torch.save(body, fh), durable=True)
+    atomic_write(path, lambda fh: torch.save(body, fh), durable=True)
 
 
 def remove_stale_temporaries(path: Path) -> int:

@@ -56,19 +56,36 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path`` (the file the caller asked for, not our temporary file)."""
+    if err.errno is None:
+        return with_path(err, path)
+    return type(err)(err.errno, err.strerror or str(err), str(path))
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = False) -> Path:
     """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    Creates the parent folder. ``durable`` also fsyncs the folder, so the rename survives a
-    power cut (checkpoints; not needed for reports that can be rewritten). An OSError names
-    ``path`` where the OS named no file (:func:`with_path`).
+    The folder must exist (a missing one is an OSError naming ``path``, as for a plain write).
+    ``durable`` also fsyncs the folder, so the rename survives a power cut (checkpoints; not
+    needed for reports that can be rewritten). An existing target that is not a regular file (a
+    device such as /dev/null, a FIFO) is written in place: renaming over it would replace the
+    device. A symlink is followed. An OSError names ``path``.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        try:
+            with open(path, "wb") as fh:
+                write(fh)
+        except OSError as err:
+            raise _naming(err, path) from None
+        return path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fh, tmp = open_temp_beside(path)
     except OSError as err:
-        raise with_path(err, path) from None
+        raise _naming(err, path) from None
     try:
         with fh:
             write(fh)
@@ -79,7 +96,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError):
-            raise with_path(err, path) from None
+            raise _naming(err, path) from None
         raise
     if durable:
         fsync_dir(path.parent)

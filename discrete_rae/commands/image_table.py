@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
              "model": name} for name in models]
     inception = inception_scores(models, table_dir, device, rows[0].get("n_samples", 1000)) if args.inception else None
     text = format_table(rows, spec, time.monotonic() - t0, inception)
+    table_dir.mkdir(parents=True, exist_ok=True)
     write_text(table_dir / "table.md", text)
     print(text)
     print(f"table written to {table_dir / 'table.md'}")
