@@ -19,7 +19,7 @@ HELP = "train the six image models on one data set and tabulate them"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="digits (default) | mnist | fashion_mnist | cifar10 | celeba")
+    p.add_argument("--dataset", default="digits", help="digits (default) | mnist5k | mnist | fashion_mnist | cifar10 | celeba")
     p.add_argument("--preset", default="quick", help="smoke | quick (default) | paper")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated image models (default: all six)")
     p.add_argument("--seed", type=int, default=0, help="training seed shared by every model (default 0)")
