@@ -55,16 +55,29 @@ class LatentConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and budget. ``max_minutes`` caps the wall time of training (0 = none)."""
+    """Optimisation and budget.
+
+    ``max_steps`` > 0 stops after exactly that many optimiser steps (reproducible: the same
+    seed gives the same model on any machine); ``max_minutes`` caps the wall time (0 = none),
+    the budget itself when ``max_steps`` is 0, else only a safety cap.  ``lr_schedule``:
+    ``plateau`` (ReduceLROnPlateau on the validation loss, per epoch) or ``linear`` (warm-up
+    over ``warmup_fraction`` of the steps, then linear decay to zero at the last step).
+    ``bucket_batches`` > 0 sorts the shuffled examples by sequence length within chunks of
+    that many batches, so each batch holds similar lengths (0 = off).
+    """
 
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     grad_clip: float = 5.0
+    lr_schedule: str = "plateau"
+    warmup_fraction: float = 0.03
     lr_factor: float = 0.5
     lr_patience: int = 2
     early_stop: int = 6
+    max_steps: int = 0
     max_minutes: float = 0.0
+    bucket_batches: int = 0
     seed: int = 0
     val_fraction: float = 0.05
     compile: bool = False
@@ -121,9 +134,12 @@ FIELD_HELP = {
     "conv_channels": "conv encoder channels, comma-separated",
     "conv_kernels": "conv encoder kernel sizes, comma-separated",
     "enc_hidden": "encoder dense/hidden width",
+    "enc_layers": "GRU encoder layers",
+    "enc_reverse": "GRU encoder: read the sequence reversed (padding first, the first rule last)",
     "decoder": "sequence decoder: gru (autoregressive) | repeat (code repeated at every step)",
-    "dec_hidden": "decoder GRU width",
-    "dec_layers": "decoder GRU layers",
+    "decoder_cell": "autoregressive decoder cell: gru | lstm (a fused kernel on the CPU)",
+    "dec_hidden": "decoder RNN width",
+    "dec_layers": "decoder RNN layers",
     "embed_dim": "token embedding size of the autoregressive decoder",
     "word_dropout": "autoregressive decoder: probability of hiding each previous token in training",
     "epochs": "maximum epochs",
@@ -133,7 +149,12 @@ FIELD_HELP = {
     "lr_factor": "ReduceLROnPlateau factor",
     "lr_patience": "ReduceLROnPlateau patience (epochs)",
     "early_stop": "stop after this many epochs without validation improvement (0 = off)",
-    "max_minutes": "wall-clock training budget in minutes (0 = none)",
+    "max_minutes": "wall-clock training budget in minutes (0 = none); with --max-steps only a safety cap",
+    "max_steps": "stop after exactly this many optimiser steps (0 = off; epochs and max_minutes still cap)",
+    "lr_schedule": "plateau (ReduceLROnPlateau on the validation loss) | linear (warm-up, then linear decay to 0)",
+    "warmup_fraction": "linear schedule: share of the steps with a linear warm-up from 0",
+    "bucket_batches": ("sort examples by sequence length within chunks of this many batches, then shuffle "
+                       "the batches (0 = off); grammar decoders run only to each batch's longest sequence"),
     "seed": "random seed (data split, initialisation, batches)",
     "val_fraction": "share of the non-test data held out for validation",
     "compile": "wrap the loss in torch.compile (true/false)",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import LatentConfig
+from ..config import ConfigError, LatentConfig
 from ..latents import build_latent
 from ..model import AutoEncoder, SequenceLikelihood
-from ..nn.sequence import DECODERS, ConvSequenceEncoder, GRUSequenceEncoder
+from ..nn.sequence import DECODERS, ENCODERS, RNN_CELLS, ConvSequenceEncoder, GRUSequenceEncoder
 from ..registry import ModelSpec, register_model
 from ..regularizers import build_regularizer
 
@@ -25,8 +25,9 @@ class SequenceModelConfig(LatentConfig):
     ``expressions_compact``); empty = the domain's default.
 
     Encoder ``conv`` is the Grammar VAE's (channels/kernels/enc_hidden), ``gru`` a
-    bidirectional GRU.  Decoder ``gru`` is autoregressive (teacher-forced), ``repeat`` the
-    paper's non-autoregressive one (code repeated at each step).
+    bidirectional GRU (``enc_layers``; ``enc_reverse`` reads the sequence reversed, as
+    MHG-VAE).  Decoder ``gru`` is autoregressive (teacher-forced; ``decoder_cell`` gru | lstm),
+    ``repeat`` the paper's non-autoregressive one (code repeated at each step).
     """
 
     codec: str = "grammar"
@@ -36,7 +37,10 @@ class SequenceModelConfig(LatentConfig):
     conv_channels: tuple[int, ...] = (9, 9, 10)
     conv_kernels: tuple[int, ...] = (9, 9, 11)
     enc_hidden: int = 435
+    enc_layers: int = 1
+    enc_reverse: bool = False
     decoder: str = "gru"
+    decoder_cell: str = "gru"
     dec_hidden: int = 256
     dec_layers: int = 1
     embed_dim: int = 64
@@ -45,18 +49,31 @@ class SequenceModelConfig(LatentConfig):
 
 def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
     """Assemble encoder, latent, decoder, likelihood and regulariser for ``codec``."""
+    _check_choices(cfg)
     vocab, length = codec.vocab_size, codec.max_length
     if cfg.encoder == "conv":
         encoder = ConvSequenceEncoder(vocab, length, cfg.conv_channels, cfg.conv_kernels, cfg.enc_hidden)
     else:
-        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim)
+        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse)
     latent = build_latent(cfg, encoder.out_dim)
-    dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers}
+    # the grammar codec's loss mask pins padding positions to the padding rule (zero loss), so
+    # the decoder may stop at each batch's longest sequence; the character codec's may not
+    trim_pad = codec.pad_index if getattr(codec, "kind", "") == "grammar" else None
+    dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers, "trim_pad": trim_pad}
     if cfg.decoder == "gru":
-        dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout)
+        dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout, cell=cfg.decoder_cell)
     decoder = DECODERS[cfg.decoder](latent.code_dim, vocab, length, **dec_kwargs)
     return AutoEncoder(encoder, latent, decoder, SequenceLikelihood(codec),
                        build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)
+
+
+def _check_choices(cfg: SequenceModelConfig) -> None:
+    """One clear error for an unknown encoder, decoder or decoder cell."""
+    for key, known in (("encoder", ENCODERS), ("decoder", DECODERS), ("decoder_cell", RNN_CELLS)):
+        if getattr(cfg, key) not in known:
+            raise ConfigError(f"{key} {getattr(cfg, key)!r} is unknown; choose one of: {', '.join(known)}")
+    if cfg.enc_layers < 1 or cfg.dec_layers < 1:
+        raise ConfigError(f"enc_layers {cfg.enc_layers} and dec_layers {cfg.dec_layers} must be >= 1")
 
 
 # The whole difference between the VAE and the RAE readings of the same network:
