@@ -4,9 +4,9 @@ nothing about any model.
 Features: AdamW from the model, ReduceLROnPlateau on the validation loss or a linear warm-up /
 decay schedule over a step budget, gradient clipping, bf16 autocast on CUDA, early stopping (best
 weights restored), a fixed number of steps (``max_steps``) and/or a wall-clock budget,
-length-bucketed batches for sequences, tqdm with the loss terms, ``metrics.jsonl`` (one line per epoch), an atomic checkpoint every epoch, exact
-resume (optimizer, scheduler, RNG states, epoch, step), a non-finite loss guard, and DDP when
-``torch.distributed`` is initialised.
+length-bucketed batches for sequences, tqdm with the loss terms, ``metrics.jsonl`` (one line per
+epoch), an atomic checkpoint every epoch, exact resume (optimizer, scheduler, RNG states, epoch,
+step), a non-finite loss guard, and DDP when ``torch.distributed`` is initialised.
 
 Crash safety: each epoch ends by writing the checkpoint atomically and only then appending the
 epoch's line to ``metrics.jsonl``; a resumed run rewrites ``metrics.jsonl`` from the history in
