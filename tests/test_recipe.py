@@ -162,3 +162,16 @@ def test_quick_presets_are_step_budgets():
         assert TrainConfig(**train).max_steps == train["max_steps"]
     assert get_preset("molecules", "quick")["train"]["max_steps"] == QUICK_MOLECULE_STEPS
     assert smoke_run("molecules", "grammar_rae").train.max_steps == 0
+
+
+def test_cli_max_steps_is_recorded_in_metrics(tmp_path):
+    import json
+
+    from discrete_rae.cli import main
+
+    code = main(["train", "--domain", "expressions", "--model", "grammar_rae", "--preset", "smoke", "--runs-dir",
+                 str(tmp_path), "--run-name", "r", "--data-dir", str(tmp_path / "data"), "-q", "--epochs", "5",
+                 "--max-steps", "3", "--lr-schedule", "linear", "--bucket-batches", "2", "--threads", "1"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["stopped"] == "max steps (3)" and metrics["epochs"] == 1
