@@ -1,12 +1,14 @@
 """Training throughput of a preset: molecules (or expressions, images) per second.
 
 Builds the model exactly as ``train.py`` would (same flags, same preset), prepares the data,
-and times ``--steps`` optimiser steps after ``--warmup`` untimed ones. Prints samples/s and,
-with ``--compare FLAGS``, the ratio against the same flags followed by FLAGS.
+and times ``--steps`` optimiser steps after ``--warmup`` untimed ones, with the trainer's batch
+order (so ``--bucket-batches`` takes effect). Prints samples/s, the mean decoder steps per batch
+for sequences and, with ``--compare FLAGS``, the ratio against the same flags followed by FLAGS.
 
     python benchmarks/train_speed.py --domain molecules --preset quick --threads 1
     python benchmarks/train_speed.py --threads 2 --compare "--threads 1"
     python benchmarks/train_speed.py --grammar smiles_compact --compare "--grammar smiles"
+    python benchmarks/train_speed.py --threads 2 --bucket-batches 32 --compare "--bucket-batches 0"
 
 Run it on a quiet machine: another busy process on a 2-core CPU halves the figures.
 """
@@ -27,6 +29,7 @@ from discrete_rae.commands.train import parse_args, run_config_from_args  # noqa
 from discrete_rae.pipeline import build_model  # noqa: E402
 from discrete_rae.registry import DOMAINS  # noqa: E402
 from discrete_rae.runtime import choose_device, set_threads  # noqa: E402
+from discrete_rae.trainer import epoch_batches, sequence_lengths  # noqa: E402
 
 
 def samples_per_second(argv: list[str], steps: int, warmup: int) -> tuple[float, str]:
@@ -40,18 +43,29 @@ def samples_per_second(argv: list[str], steps: int, warmup: int) -> tuple[float,
     model = build_model(run, prepared.codec).to(device).train()
     opt = model.configure_optimizer(run.train.lr)
     data, batch = prepared.train, run.train.batch_size
-    order = torch.randperm(len(data))
-    t0 = 0.0
-    for i in range(warmup + steps):
+    pad = getattr(prepared.codec, "pad_index", None)
+    lengths = sequence_lengths(data, pad) if data.dim() == 2 and pad is not None else None
+    batches: list[torch.Tensor] = []
+    epoch = 0
+    while len(batches) < warmup + steps:
+        batches += epoch_batches(len(data), batch, run.train.seed, epoch, lengths=lengths,
+                                 bucket=run.train.bucket_batches)
+        epoch += 1
+    batches = [b for b in batches if len(b) == batch][: warmup + steps]  # full batches only
+    t0, dec_steps = 0.0, 0
+    for i, idx in enumerate(batches):
         if i == warmup:
             t0 = time.perf_counter()
-        idx = order[(i * batch) % (len(data) - batch):][:batch]
+        if lengths is not None and i >= warmup:
+            dec_steps += int(lengths[idx].max())
         loss = model.loss(data[idx].to(device), step=i)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - t0
     what = f"{run.model_name} on {run.domain} ({run.preset}), batch {batch}, threads {torch.get_num_threads()}"
+    if lengths is not None:
+        what += f", mean longest sequence per batch {dec_steps / steps:.1f} of {data.shape[1]}"
     return steps * batch / seconds, what
 
 

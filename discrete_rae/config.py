@@ -120,16 +120,36 @@ class LatentConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and budget. ``max_minutes`` caps the wall time of training (0 = none)."""
+    """Optimisation and budget.
+
+    ``max_steps`` > 0 stops after exactly that many optimiser steps (reproducible: the same
+    seed gives the same model on any machine); ``max_minutes`` caps the wall time (0 = none),
+    the budget itself when ``max_steps`` is 0, else only a safety cap.  ``lr_schedule``:
+    ``plateau`` (ReduceLROnPlateau on the validation loss, per epoch) or ``linear`` (warm-up
+    over ``warmup_fraction`` of the steps, then linear decay to zero at the last step).
+    ``bucket_batches`` > 0 sorts the shuffled examples by sequence length within chunks of
+    that many batches, so each batch holds similar lengths (0 = off).
+    """
 
     epochs: int = option(20, "maximum epochs", ge=1)
     batch_size: int = option(128, "examples per step (per process under torchrun)", ge=1)
-    lr: float = option(1e-3, "AdamW learning rate", gt=0)
+    lr: float = option(1e-3, "AdamW learning rate (the peak rate of the linear schedule)", gt=0)
     grad_clip: float = option(5.0, "clip the gradient norm to this (0 = off)", ge=0)
-    lr_factor: float = option(0.5, "ReduceLROnPlateau factor", gt=0, lt=1)
-    lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)", ge=0)
+    lr_schedule: str = option("plateau", "plateau (ReduceLROnPlateau on the validation loss) | linear (warm-up, "
+                              "then linear decay to 0 at max_steps)", choices=("plateau", "linear"),
+                              kind="learning-rate schedule")
+    warmup_fraction: float = option(0.03, "linear schedule: share of the steps with a linear warm-up from 0",
+                                    ge=0, lt=1, applies={"lr_schedule": ("linear",)})
+    lr_factor: float = option(0.5, "ReduceLROnPlateau factor", gt=0, lt=1, applies={"lr_schedule": ("plateau",)})
+    lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)", ge=0, applies={"lr_schedule": ("plateau",)})
     early_stop: int = option(6, "stop after this many epochs without validation improvement (0 = off)", ge=0)
-    max_minutes: float = option(0.0, "wall-clock training budget in minutes (0 = none)", ge=0)
+    max_steps: int = option(0, "stop after exactly this many optimiser steps (0 = off; epochs and max_minutes "
+                            "still cap)", ge=0)
+    max_minutes: float = option(0.0, "wall-clock training budget in minutes (0 = none); with --max-steps only a "
+                                "safety cap", ge=0)
+    bucket_batches: int = option(0, "sort examples by sequence length within chunks of this many batches, then "
+                                 "shuffle the batches (0 = off); grammar decoders run only to each batch's longest "
+                                 "sequence", ge=0)
     # sklearn's GaussianMixture (the ex-post GMM) takes seeds below 2**32
     seed: int = option(0, "random seed (data split, initialisation, batches)", ge=0, le=2**32 - 1)
     val_fraction: float = option(0.05, "share of the non-test data held out for validation", gt=0, lt=0.5)

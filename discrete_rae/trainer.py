@@ -1,11 +1,12 @@
 """A generic trainer: it knows ``model.loss(x, step)`` and ``model.configure_optimizer(lr)``,
 nothing about any model.
 
-Features: AdamW from the model, ReduceLROnPlateau on the validation loss, gradient clipping,
-bf16 autocast on CUDA, early stopping (best weights restored), a wall-clock budget, tqdm with
-the loss terms, ``metrics.jsonl`` (one line per epoch), an atomic checkpoint every epoch, exact
-resume (optimizer, scheduler, RNG states, epoch, step), a non-finite loss guard, and DDP when
-``torch.distributed`` is initialised.
+Features: AdamW from the model, ReduceLROnPlateau on the validation loss or a linear warm-up /
+decay schedule over a step budget, gradient clipping, bf16 autocast on CUDA, early stopping (best
+weights restored), a fixed number of steps (``max_steps``) and/or a wall-clock budget,
+length-bucketed batches for sequences, tqdm with the loss terms, ``metrics.jsonl`` (one line per
+epoch), an atomic checkpoint every epoch, exact resume (optimizer, scheduler, RNG states, epoch,
+step), a non-finite loss guard, and DDP when ``torch.distributed`` is initialised.
 
 Crash safety: each epoch ends by writing the checkpoint atomically and only then appending the
 epoch's line to ``metrics.jsonl``; a resumed run rewrites ``metrics.jsonl`` from the history in
@@ -16,7 +17,12 @@ ranks take the same number of steps) and takes every ``world_size``-th example; 
 is ``batch_size * world_size``. The model noise of rank ``r`` is reseeded from (seed, epoch, r)
 at every epoch (different noise per rank; resume stays exact). Per step, one all-reduce of two
 flags makes every rank stop together on a non-finite loss or an expired time budget. Epoch
-losses are averaged over ranks; only rank 0 writes files.
+losses are averaged over ranks; only rank 0 writes files. Length bucketing sorts within each
+rank's shard, so every rank still takes the same number of steps.
+
+Reproducibility: with ``max_steps`` the run ends after exactly that many optimiser steps, so the
+same seed gives the same weights however busy the machine is; ``max_minutes`` is then only a
+safety cap, and a run it stops records ``stopped: "time cap"``.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries, save_atomic
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                  shuffle: bool = True) -> list[Tensor]:
+                  shuffle: bool = True, lengths: Tensor | None = None, bucket: int = 0) -> list[Tensor]:
     """Index batches of ``rank`` for one epoch.
 
     The order depends only on (seed, epoch), so resume is exact. With several processes the
@@ -100,13 +106,52 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     number of steps (a rank with an extra step would wait forever in DDP's all-reduce), and rank
     ``r`` takes every ``world_size``-th example from ``r``: the k-th batches of all ranks together
     are the k-th batch of one process with ``batch_size * world_size``.
+
+    ``lengths`` [n] and ``bucket`` > 0 (shuffled epochs only): this rank's shuffled order is cut
+    into chunks of ``bucket * batch_size`` examples, each chunk is sorted by length (stable, so
+    ties keep the random order) and cut into batches, and the batches are shuffled. Batches then
+    hold similar lengths (less padding) but still differ from epoch to epoch. The number of
+    batches is unchanged, so ranks stay in step; the global-batch property above no longer holds.
     """
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     else:
         order = torch.arange(n)
     order = order[: n - n % world_size][rank::world_size]  # identity for one process
-    return list(order.split(batch_size)) if len(order) else []
+    if not len(order):
+        return []
+    if shuffle and lengths is not None and bucket > 0:
+        return _bucketed(order, lengths, batch_size, bucket, seed * 100_003 + epoch)
+    return list(order.split(batch_size))
+
+
+def _bucketed(order: Tensor, lengths: Tensor, batch_size: int, bucket: int, seed: int) -> list[Tensor]:
+    """Sort ``order`` by ``lengths`` within chunks of ``bucket`` batches; batches in shuffled order."""
+    sorted_chunks = []
+    for chunk in order.split(bucket * batch_size):
+        sorted_chunks.append(chunk[torch.sort(lengths[chunk], stable=True).indices])
+    batches = list(torch.cat(sorted_chunks).split(batch_size))
+    # the same permutation on every rank (same seed, same number of batches)
+    perm = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + 7_919))
+    return [batches[i] for i in perm.tolist()]
+
+
+def sequence_lengths(data: Tensor, pad_index: int) -> Tensor:
+    """Used length of each row of padded ids [N, L]: 1 + position of the last non-pad token."""
+    positions = torch.arange(1, data.shape[1] + 1)
+    return ((data != pad_index).long() * positions).amax(dim=1)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear schedule factor for the update at ``step`` (0-based) of ``total`` steps.
+
+    (step + 1) / warmup during the warm-up, then (total - step) / (total - warmup): the last
+    update uses 1 / (total - warmup) and the rate reaches zero at ``total`` (budgeted training,
+    Li et al. 2020).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(total - step, 0) / max(total - warmup, 1)
 
 
 @dataclass
@@ -133,9 +178,15 @@ class Trainer:
         self.checkpoint_extra = checkpoint_extra or dict
         self.dist = dist or DistInfo()
         self.progress = progress and self.dist.is_main
+        _check_config(cfg)
         self.optimizer = model.configure_optimizer(cfg.lr)
+        # plateau: stepped per epoch; linear: the rate is a function of the step (see _set_lr),
+        # so resume is exact without scheduler state. The plateau state is checkpointed either way.
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._total_steps = 0  # linear schedule: set by fit from max_steps or epochs
+        self._lengths: Tensor | None = None  # sequence lengths of the training set (bucketing)
         self.state = TrainState()
         self._best_weights: dict[str, Tensor] | None = None
         self.step_fn = _LossModule(model)
@@ -185,7 +236,30 @@ class Trainer:
     def _batches(self, n: int, epoch: int, shuffle: bool) -> list[Tensor]:
         """This rank's training batches of epoch ``epoch`` (see :func:`epoch_batches`)."""
         return epoch_batches(n, self.cfg.batch_size, self.cfg.seed, epoch, self.dist.rank, self.dist.world_size,
-                             shuffle)
+                             shuffle, self._lengths, self.cfg.bucket_batches)
+
+    def _steps_per_epoch(self, n: int) -> int:
+        per_rank = (n - n % self.dist.world_size) // self.dist.world_size
+        return -(-per_rank // self.cfg.batch_size)
+
+    def _set_lr(self) -> None:
+        """Linear schedule: the rate of the coming update, from the step counter alone."""
+        if self.cfg.lr_schedule != "linear":
+            return
+        warmup = int(round(self.cfg.warmup_fraction * self._total_steps))
+        factor = lr_factor(self.state.step, self._total_steps, warmup)
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
+
+    def _training_lengths(self, data: Tensor) -> Tensor | None:
+        """Lengths for bucketing: padded id sequences of a model with a codec, else None."""
+        if self.cfg.bucket_batches <= 0:
+            return None
+        pad = getattr(getattr(self.model, "codec", None), "pad_index", None)
+        if data.dim() != 2 or pad is None:
+            log.warning("bucket_batches ignored: the training data are not padded token sequences")
+            return None
+        return sequence_lengths(data, int(pad))
 
     def _eval_batches(self, n: int) -> list[Tensor]:
         """Validation batches of this rank (every example once over all ranks; all when n < world)."""
@@ -258,6 +332,7 @@ class Trainer:
         seen = 0
         for idx in bar:
             extra = self.model.on_step(self.state.step)
+            self._set_lr()
             with self._autocast():
                 terms = self.step_fn(self._to_device(data[idx]), self.state.step)
             over = self._check_step(terms, deadline)
@@ -268,7 +343,16 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()} | extra, refresh=False)
             if over:
-                self.state.stopped = "time budget"
+                if self.cfg.max_steps > 0:
+                    self.state.stopped = "time cap"
+                    log.warning("time cap of %g minutes reached at step %d of %d: the run is not the "
+                                "reproducible fixed-step one", self.cfg.max_minutes, self.state.step,
+                                self.cfg.max_steps)
+                else:
+                    self.state.stopped = "time budget"
+                break
+            if 0 < self.cfg.max_steps <= self.state.step:
+                self.state.stopped = f"max steps ({self.cfg.max_steps})"
                 break
         keys = sorted(sums)
         totals = self._all_reduce([float(seen)] + [sums[k] for k in keys])
@@ -295,8 +379,11 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def fit(self, train: Tensor, val: Tensor) -> TrainState:
-        """Train until epochs, early stopping or the time budget; restores the best weights."""
+        """Train until epochs, max_steps, early stopping or the time budget; restores the best weights."""
         cfg, s = self.cfg, self.state
+        self._lengths = self._training_lengths(train)
+        by_epochs = cfg.epochs * self._steps_per_epoch(len(train))
+        self._total_steps = min(cfg.max_steps, by_epochs) if cfg.max_steps > 0 else by_epochs
         start = time.monotonic() - s.seconds
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         self._prepare_run_dir()
@@ -307,7 +394,8 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite validation loss after step {s.step} (epoch {s.epoch + 1}): {val_terms}; "
                     f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
-            self.scheduler.step(val_terms["loss"])
+            if cfg.lr_schedule == "plateau":
+                self.scheduler.step(val_terms["loss"])
             s.epoch += 1
             s.seconds = time.monotonic() - start
             self._track_best(val_terms["loss"])
@@ -355,3 +443,18 @@ class Trainer:
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+LR_SCHEDULES = ("plateau", "linear")
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """One clear error for training options the trainer cannot honour."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {cfg.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}")
+    if cfg.max_steps < 0:
+        raise ConfigError(f"max_steps {cfg.max_steps} is negative (0 = off)")
+    if not 0.0 <= cfg.warmup_fraction < 1.0:
+        raise ConfigError(f"warmup_fraction {cfg.warmup_fraction} is outside [0, 1)")
+    if cfg.bucket_batches < 0:
+        raise ConfigError(f"bucket_batches {cfg.bucket_batches} is negative (0 = off)")

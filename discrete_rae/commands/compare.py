@@ -37,10 +37,10 @@ DOMAIN_ALIASES = {"digits": ("images", "digits")}
 # budget is a number of epochs (equal work), with a wall-clock cap as a safety net.
 QUICK_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "images": {"model": {"channels": (32, 64)}, "train": {"epochs": 40, "max_minutes": 2.0}},
-    "expressions": {"train": {"max_minutes": 1.25}, "data": {"n_train": 20000, "n_test": 500}},
+    "expressions": {"train": {"max_steps": 0, "max_minutes": 1.25}, "data": {"n_train": 20000, "n_test": 500}},
     # molecules: long SMILES derivations make a CPU step slow (about 3 s at one thread); a few
     # minutes per model give an undertrained pair, meant as a smoke-level comparison only.
-    "molecules": {"train": {"max_minutes": 3.0}, "data": {"n_train": 10000, "n_test": 500}},
+    "molecules": {"train": {"max_steps": 0, "max_minutes": 3.0}, "data": {"n_train": 10000, "n_test": 500}},
 }
 
 

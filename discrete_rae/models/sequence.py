@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codecs import CODECS, SequenceCodec
-from ..config import LatentConfig, names_in, option
+from ..config import ConfigError, LatentConfig, names_in, option
 from ..latents import build_latent
 from ..model import AutoEncoder, SequenceLikelihood
-from ..nn.sequence import DECODERS, ENCODERS, ConvSequenceEncoder, GRUSequenceEncoder
+from ..nn.sequence import DECODERS, ENCODERS, RNN_CELLS, ConvSequenceEncoder, GRUSequenceEncoder
 from ..registry import ModelSpec, register_model
 from ..regularizers import build_regularizer
 
@@ -34,8 +34,9 @@ class SequenceModelConfig(LatentConfig):
     ``expressions_compact``); empty = the domain's default.
 
     Encoder ``conv`` is the Grammar VAE's (channels/kernels/enc_hidden), ``gru`` a
-    bidirectional GRU.  Decoder ``gru`` is autoregressive (teacher-forced), ``repeat`` the
-    paper's non-autoregressive one (code repeated at each step).
+    bidirectional GRU (``enc_layers``; ``enc_reverse`` reads the sequence reversed, as
+    MHG-VAE).  Decoder ``gru`` is autoregressive (teacher-forced; ``decoder_cell`` gru | lstm),
+    ``repeat`` the paper's non-autoregressive one (code repeated at each step).
     """
 
     codec: str = option("grammar", "sequence codec: grammar = production rules, char = characters",
@@ -51,10 +52,15 @@ class SequenceModelConfig(LatentConfig):
     conv_kernels: tuple[int, ...] = option((9, 9, 11), "conv encoder kernel sizes, comma-separated", ge=1,
                                            min_items=1, applies=_CONV)
     enc_hidden: int = option(435, "encoder dense/hidden width", ge=1)
+    enc_layers: int = option(1, "GRU encoder layers", ge=1, applies={"encoder": ("gru",)})
+    enc_reverse: bool = option(False, "GRU encoder: read the sequence reversed (padding first, the first rule "
+                               "last)", applies={"encoder": ("gru",)})
     decoder: str = option("gru", "sequence decoder: gru = autoregressive, repeat = code repeated at every step",
                           choices=DECODERS, kind="sequence decoder")
-    dec_hidden: int = option(256, "decoder GRU width", ge=1)
-    dec_layers: int = option(1, "decoder GRU layers", ge=1)
+    decoder_cell: str = option("gru", "autoregressive decoder cell: gru | lstm (a fused kernel on the CPU)",
+                               choices=RNN_CELLS, kind="decoder cell", applies={"decoder": ("gru",)})
+    dec_hidden: int = option(256, "decoder RNN width", ge=1)
+    dec_layers: int = option(1, "decoder RNN layers", ge=1)
     embed_dim: int = option(64, "token embedding size of the GRU encoder / autoregressive decoder", ge=1,
                             applies=({"encoder": ("gru",)}, {"decoder": ("gru",)}))
     word_dropout: float = option(0.0, "autoregressive decoder: probability of hiding each previous token in "
@@ -63,18 +69,31 @@ class SequenceModelConfig(LatentConfig):
 
 def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
     """Assemble encoder, latent, decoder, likelihood and regulariser for ``codec``."""
+    _check_choices(cfg)
     vocab, length = codec.vocab_size, codec.max_length
     if cfg.encoder == "conv":
         encoder = ConvSequenceEncoder(vocab, length, cfg.conv_channels, cfg.conv_kernels, cfg.enc_hidden)
     else:
-        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim)
+        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse)
     latent = build_latent(cfg, encoder.out_dim)
-    dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers}
+    # the grammar codec's loss mask pins padding positions to the padding rule (zero loss), so
+    # the decoder may stop at each batch's longest sequence; the character codec's may not
+    trim_pad = codec.pad_index if getattr(codec, "kind", "") == "grammar" else None
+    dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers, "trim_pad": trim_pad}
     if cfg.decoder == "gru":
-        dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout)
+        dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout, cell=cfg.decoder_cell)
     decoder = DECODERS[cfg.decoder](latent.code_dim, vocab, length, **dec_kwargs)
     return AutoEncoder(encoder, latent, decoder, SequenceLikelihood(codec),
                        build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)
+
+
+def _check_choices(cfg: SequenceModelConfig) -> None:
+    """One clear error for an unknown encoder, decoder or decoder cell."""
+    for key, known in (("encoder", ENCODERS), ("decoder", DECODERS), ("decoder_cell", RNN_CELLS)):
+        if getattr(cfg, key) not in known:
+            raise ConfigError(f"{key} {getattr(cfg, key)!r} is unknown; choose one of: {', '.join(known)}")
+    if cfg.enc_layers < 1 or cfg.dec_layers < 1:
+        raise ConfigError(f"enc_layers {cfg.enc_layers} and dec_layers {cfg.dec_layers} must be >= 1")
 
 
 # The whole difference between the VAE and the RAE readings of the same network:

@@ -1,6 +1,11 @@
 """Encoders and decoders over token sequences (production rules or characters).
 
 Shapes: ids [B, L] integer tokens; one-hot [B, L, V]; codes z [B, D]; logits [B, L, V].
+
+Trimmed decoding (``trim_pad``): when the likelihood allows only the padding token at padding
+positions (the grammar codec's training mask), those positions contribute log 1 = 0 to the loss
+and no gradient, so the decoders run only up to the batch's longest sequence T <= L and pad
+their logits back to L with zeros: the same loss per example, fewer recurrent steps.
 """
 
 from __future__ import annotations
@@ -42,17 +47,36 @@ class ConvSequenceEncoder(nn.Module):
 
 
 class GRUSequenceEncoder(nn.Module):
-    """Bidirectional GRU over token embeddings; final states of both directions -> h."""
+    """Bidirectional GRU over token embeddings; final states of both directions -> h [B, 2 hidden].
 
-    def __init__(self, vocab: int, length: int, hidden: int = 256, embed: int = 64, layers: int = 1) -> None:
+    ``reverse``: read the padded sequence flipped (padding first, the first token last), as
+    MHG-VAE does. Why: the forward direction then ends on the first tokens, the ones the
+    decoder must produce first, instead of on padding.
+    """
+
+    def __init__(self, vocab: int, length: int, hidden: int = 256, embed: int = 64, layers: int = 1,
+                 reverse: bool = False) -> None:
         super().__init__()
+        self.reverse = bool(reverse)
         self.embed = nn.Embedding(vocab, embed)
         self.rnn = nn.GRU(embed, hidden, layers, batch_first=True, bidirectional=True)
         self.out_dim = 2 * hidden
 
     def forward(self, ids: Tensor) -> Tensor:
+        ids = ids.flip(1) if self.reverse else ids
         _, h = self.rnn(self.embed(ids.long()))
         return torch.cat([h[-2], h[-1]], dim=-1)
+
+
+def used_length(ids: Tensor, pad_index: int) -> int:
+    """1 + the last position of ids [B, L] holding a non-padding token in any row (at least 1)."""
+    used = (ids != pad_index).any(dim=0).nonzero()
+    return int(used[-1, 0]) + 1 if len(used) else 1
+
+
+def _pad_steps(logits: Tensor, length: int) -> Tensor:
+    """Logits [B, T, V] -> [B, length, V], zeros after T (masked to the padding token in the loss)."""
+    return logits if logits.shape[1] >= length else F.pad(logits, (0, 0, 0, length - logits.shape[1]))
 
 
 class RepeatGRUDecoder(nn.Module):
@@ -64,17 +88,19 @@ class RepeatGRUDecoder(nn.Module):
 
     autoregressive = False
 
-    def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 501, layers: int = 3) -> None:
+    def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 501, layers: int = 3,
+                 trim_pad: int | None = None) -> None:
         super().__init__()
-        self.length = length
+        self.length, self.trim_pad = length, trim_pad
         self.inp = nn.Sequential(nn.Linear(code_dim, hidden), nn.ReLU())
         self.rnn = nn.GRU(hidden, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, z: Tensor, ids: Tensor | None = None) -> Tensor:
-        x = self.inp(z).unsqueeze(1).expand(-1, self.length, -1)
+        steps = self.length if ids is None or self.trim_pad is None else used_length(ids, self.trim_pad)
+        x = self.inp(z).unsqueeze(1).expand(-1, steps, -1)
         h, _ = self.rnn(x)
-        return self.out(h)
+        return _pad_steps(self.out(h), self.length)
 
     @torch.no_grad()
     def generate(self, z: Tensor, codec: SequenceCodec, greedy: bool = True, temperature: float = 1.0,
@@ -83,9 +109,11 @@ class RepeatGRUDecoder(nn.Module):
 
 
 class AutoregressiveGRUDecoder(nn.Module):
-    """GRU fed the previous token and the code; teacher-forced in training.
+    """GRU (or LSTM) fed the previous token and the code; teacher-forced in training.
 
-    h_0 = tanh(W z) for each layer; input_t = [embed(y_{t-1}), z]; logits_t = W_o h_t.
+    h_0 = tanh(W z) for each layer (LSTM: c_0 = 0); input_t = [embed(y_{t-1}), z];
+    logits_t = W_o h_t. ``cell`` "lstm": on the CPU nn.LSTM runs a fused oneDNN kernel and
+    nn.GRU does not, so an LSTM of the same width can take less time per step.
     Decoding masks each step with the codec (grammar stack), so the choice at t conditions
     the next step.
 
@@ -98,20 +126,26 @@ class AutoregressiveGRUDecoder(nn.Module):
     autoregressive = True
 
     def __init__(self, code_dim: int, vocab: int, length: int, hidden: int = 256, layers: int = 1,
-                 embed: int = 64, word_dropout: float = 0.0) -> None:
+                 embed: int = 64, word_dropout: float = 0.0, cell: str = "gru", trim_pad: int | None = None) -> None:
         super().__init__()
+        if cell not in RNN_CELLS:
+            raise ValueError(f"decoder cell {cell!r} is unknown; choose one of: {', '.join(RNN_CELLS)}")
         self.length, self.vocab, self.layers, self.hidden = length, vocab, layers, hidden
         self.word_dropout = float(word_dropout)
+        self.cell, self.trim_pad = cell, trim_pad
         # index `vocab` is the start token, `vocab + 1` the blank used by word dropout
         self.embed = nn.Embedding(vocab + 2, embed)
         self.init = nn.Linear(code_dim, layers * hidden)
-        self.rnn = nn.GRU(embed + code_dim, hidden, layers, batch_first=True)
+        self.rnn = RNN_CELLS[cell](embed + code_dim, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
 
-    def _h0(self, z: Tensor) -> Tensor:
-        return torch.tanh(self.init(z)).view(z.shape[0], self.layers, self.hidden).transpose(0, 1).contiguous()
+    def _h0(self, z: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = torch.tanh(self.init(z)).view(z.shape[0], self.layers, self.hidden).transpose(0, 1).contiguous()
+        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
     def forward(self, z: Tensor, ids: Tensor) -> Tensor:
+        if self.trim_pad is not None:
+            ids = ids[:, :used_length(ids, self.trim_pad)]
         start = torch.full_like(ids[:, :1], self.vocab, dtype=torch.long)
         prev = torch.cat([start, ids[:, :-1].long()], dim=1)
         if self.training and self.word_dropout > 0:
@@ -119,7 +153,7 @@ class AutoregressiveGRUDecoder(nn.Module):
             prev = prev.masked_fill(blank, self.vocab + 1)
         x = torch.cat([self.embed(prev), z.unsqueeze(1).expand(-1, prev.shape[1], -1)], dim=-1)
         h, _ = self.rnn(x, self._h0(z))
-        return self.out(h)
+        return _pad_steps(self.out(h), self.length)
 
     def step(self, z: Tensor, prev: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """One decoding step: code z [B, D], previous tokens prev [B] (``vocab`` = start),
@@ -147,5 +181,6 @@ class AutoregressiveGRUDecoder(nn.Module):
         return ids, state.done
 
 
+RNN_CELLS: dict[str, Any] = {"gru": nn.GRU, "lstm": nn.LSTM}
 ENCODERS: dict[str, Any] = {"conv": ConvSequenceEncoder, "gru": GRUSequenceEncoder}
 DECODERS: dict[str, Any] = {"gru": AutoregressiveGRUDecoder, "repeat": RepeatGRUDecoder}
