@@ -139,9 +139,9 @@ class TrainConfig:
                               "then linear decay to 0 at max_steps)", choices=("plateau", "linear"),
                               kind="learning-rate schedule")
     warmup_fraction: float = option(0.03, "linear schedule: share of the steps with a linear warm-up from 0",
-                                    ge=0, lt=1, applies={"lr_schedule": ("linear",)})
-    lr_factor: float = option(0.5, "ReduceLROnPlateau factor", gt=0, lt=1, applies={"lr_schedule": ("plateau",)})
-    lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)", ge=0, applies={"lr_schedule": ("plateau",)})
+                                    ge=0, lt=1)
+    lr_factor: float = option(0.5, "ReduceLROnPlateau factor", gt=0, lt=1)
+    lr_patience: int = option(2, "ReduceLROnPlateau patience (epochs)", ge=0)
     early_stop: int = option(6, "stop after this many epochs without validation improvement (0 = off)", ge=0)
     max_steps: int = option(0, "stop after exactly this many optimiser steps (0 = off; epochs and max_minutes "
                             "still cap)", ge=0)
