@@ -473,6 +473,8 @@ def build_main_parser() -> argparse.ArgumentParser:
                    help="grammar decoding: finish within max_length (true, default) or the paper's cut-off (false)")
     e.add_argument("--ring-mask", default=None, choices=["true", "false"],
                    help="SMILES grammar decoding: ring-closure bookkeeping (true, default) or the grammar mask only")
+    e.add_argument("--chem-mask", default=None, choices=["true", "false"],
+                   help="SMILES grammar decoding: valence and bond checks (true, default) or the ring mask only")
     e.add_argument("--benchmark", choices=("moses", "guacamol"), default=None,
                    help="distribution-learning suite on --n samples (default 30,000 MOSES / 10,000 GuacaMol)")
     for name, (help_text, add_args, _) in COMMANDS.items():

@@ -80,6 +80,7 @@ class DataConfig:
     column: str = ""
     workers: int = 0
     data_dir: str = ""
+    kekulize: bool = True
 
 
 @dataclass
@@ -93,6 +94,7 @@ class EvalConfig:
     recon_protocol: str = "greedy"
     length_mask: bool = True
     ring_mask: bool = True
+    chem_mask: bool = True
 
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -143,6 +145,8 @@ FIELD_HELP = {
     "column": "SMILES column of a CSV file",
     "workers": "worker processes for loading/parsing (0 = automatic)",
     "data_dir": "data and cache directory (default ./datasets or $DISCRETE_RAE_DATA)",
+    "kekulize": ("molecules: train on canonical Kekule SMILES (explicit double bonds, no aromatic atoms); "
+                 "metrics still compare canonical aromatic SMILES"),
     "n_samples": "samples drawn for evaluation",
     "sampler": "ex-post sampler for evaluation (default: the model's)",
     "gmm_k": "GMM components",
@@ -152,6 +156,8 @@ FIELD_HELP = {
                     "(false: the Grammar VAE's cut-off, unfinished decodes count as invalid)"),
     "ring_mask": ("SMILES grammar decoding: open rings with the lowest free digit, close only open ones, "
                   "do not finish with a ring open (false: grammar mask only)"),
+    "chem_mask": ("SMILES grammar decoding: valence, bond orders and ring bonds checked while decoding, "
+                  "no aromatic atoms when the data is kekulised (false: ring_mask only)"),
 }
 
 

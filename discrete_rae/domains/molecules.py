@@ -24,13 +24,18 @@ class MoleculeDomain(SequenceDomain):
         d = run.data
         data = load_molecules(d.dataset or self.default_dataset, n=d.n_train or None, seed=run.train.seed,
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
-                              progress=progress)
-        return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary()}
+                              progress=progress, kekulize=d.kekulize)
+        return list(data.smiles), {"dataset": d.dataset or self.default_dataset, "load_report": data.report.summary(),
+                                   "kekulize": d.kekulize}
 
     def canonical(self, text: str) -> str | None:
         from ..chem import canonical
 
         return canonical(text)
+
+    def reference_form(self, texts: list[str]) -> list[str]:
+        """RDKit canonical (aromatic) SMILES of the data, which may be stored in Kekule form."""
+        return [self.canonical(t) or t for t in texts]
 
     def render(self, samples: list[str | None], path: Path) -> None:
         from ..chem import draw_grid
