@@ -367,6 +367,8 @@ class ChemState:
         ok &= used_n + tab["add_n"] + k1 * (~self.bond_ring).long().unsqueeze(1) <= cap_new
         ok &= self._ring_ok(o, used_o, cap_o)
         ok &= self._closable(o, n)
+        if self.state.length_mask:
+            ok &= self._room()
         self._bracket_ok(ok, self._ring_need)
         return ok
 
@@ -431,6 +433,24 @@ class ChemState:
         need = ring.no_later[:, bond_cols] & self.bond_ring.unsqueeze(1)
         ok[:, bond_cols] &= ~need | (n_takes.index_select(1, kk) > 0)
         return ok
+
+    def _room(self) -> Tensor:
+        """[B, R] rings opened at one atom must close at distinct atoms: beyond the atoms that
+        pending symbols will write anyway (and the one owing ring bonds), each costs at least two
+        more rules (a chain or branch grows by one atom), on top of the ring mask's two per digit."""
+        st, ring = self.state, self.ring
+        is_open = (ring.open.unsqueeze(1) & ring._bits.unsqueeze(0)) != 0  # [B, 10]
+        p = self.ring_atom
+        shared = ((p.unsqueeze(2) == p.unsqueeze(1)) & is_open.unsqueeze(1) & is_open.unsqueeze(2)).sum(2)
+        mult = shared.amax(1, keepdim=True)  # [B, 1] most open rings from one atom
+        digit = ring._digits()
+        closes = (digit >= 0) & is_open.gather(1, digit.clamp(min=0))
+        more_atoms = (mult - closes.long() - ring.atoms_after - (ring.ob_after > 0).long()).clamp(min=0)
+        digits = (ring.open_after - ring.ob_after).clamp(min=0)
+        top = st.top()
+        after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + st._rhs_min.unsqueeze(0)
+        fits = after + 2 * digits + 2 * more_atoms <= st.max_length - st.t - 1
+        return fits | (top == st.grammar._nothing_nt).unsqueeze(1)
 
     def _ring_ok(self, o: Tensor, used_o: Tensor, cap_o: Tensor) -> Tensor:
         """[B, R] ring digits: a closure must not duplicate a bond, exceed a valence or contradict

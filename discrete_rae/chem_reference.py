@@ -42,6 +42,7 @@ class ReferenceDecoder:
         self.pending = False
         top = self.top()
         self.cap, self.ob, self.ext = self.ring["nt_ring"][top], self.ring["nt_ob"][top], self.ring["nt_ext"][top]
+        self.atoms = self.ring["nt_atom"][top]
         A = max_length + 2
         self.used, self.parent = [0] * A, [-1] * A
         self.vcap = [chem["maxcap"] if chem is not None else 0] * A
@@ -93,8 +94,7 @@ class ReferenceDecoder:
                                           and not opening):
             return False
         if self.length_mask and self.top() != self.nothing:
-            extra = max(0, open_after - ob_after)
-            extra += int(extra > 0)
+            extra = 2 * max(0, open_after - ob_after)
             after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
             return after + extra <= self.max_length - self.t - 1
         return True
@@ -159,6 +159,13 @@ class ReferenceDecoder:
                 if not any((self.ring_order[x] == k) if self.ring_explicit[x]
                            else self.used[self.ring_atom[x]] + k - 1 <= self.vcap[self.ring_atom[x]] for x in cands):
                     return False
+        if self.length_mask and self.top() != self.nothing:
+            mult = max([sum(self.ring_atom[x] == self.ring_atom[y] for y in self.open) for x in self.open], default=0)
+            atoms_after = self.atoms - self.ring["nt_atom"][self.top()] + self.ring["rhs_atom"][r]
+            more_atoms = max(0, mult - int(closes) - atoms_after - int(ob_after > 0))
+            after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
+            if after + 2 * max(0, open_after - ob_after) + 2 * more_atoms > self.max_length - self.t - 1:
+                return False
         return self._bracket_ok(r)
 
     def _ring_need(self) -> int:
@@ -226,6 +233,7 @@ class ReferenceDecoder:
         used_pending = int(self.pending and top == self.digit_nt)
         self.ob += tb["rhs_ob"][r] + int(tb["arms"][r]) - tb["nt_ob"][top] - used_pending
         self.ext += tb["rhs_ext"][r] - tb["nt_ext"][top]
+        self.atoms += tb["rhs_atom"][r] - tb["nt_atom"][top]
         self.cap += tb["rhs_ring"][r] + int(tb["arms"][r]) - tb["nt_ring"][top] - used_pending
         if tb["new_atom"][r]:
             self.here, self.shut = set(), set()

@@ -88,7 +88,23 @@ def ring_tables(grammar: Any) -> dict[str, Any] | None:
     nt_ext = torch.tensor([nt in ext for nt in nts], dtype=torch.long)
     rhs_ext = torch.tensor([sum(isinstance(x, Nonterminal) and x.symbol() in ext for x in p.rhs())
                             for p in grammar.productions], dtype=torch.long)
+    # non-terminals every derivation of which writes at least one atom (fixpoint)
+    makes = {nt: False for nt in nts}
+    changed = True
+    while changed:
+        changed = False
+        for nt in nts:
+            alts = [p.rhs() for p in grammar.productions if p.lhs().symbol() == nt]
+            ok = bool(alts) and all(any((isinstance(x, str) and x in ATOM_STARTS)
+                                        or (isinstance(x, Nonterminal) and makes.get(x.symbol(), False)) for x in rhs)
+                                    for rhs in alts)
+            if ok and not makes[nt]:
+                makes[nt] = changed = True
+    nt_atom = torch.tensor([makes[nt] for nt in nts], dtype=torch.long)
+    rhs_atom = torch.tensor([sum(isinstance(x, Nonterminal) and makes.get(x.symbol(), False) for x in p.rhs())
+                             for p in grammar.productions], dtype=torch.long)
     return {"direct": direct, "via_digit": via_digit, "arms": arms, "new_atom": new_atom,
+            "nt_atom": nt_atom, "rhs_atom": rhs_atom,
             "nt_ring": nt_ring, "rhs_ring": rhs_ring, "nt_ob": nt_ob, "rhs_ob": rhs_ob,
             "nt_ext": nt_ext, "rhs_ext": rhs_ext,
             "digit_nt": grammar._nt_index.get("DIGIT", -1)}
@@ -112,6 +128,7 @@ class RingClosureState:
         self._nt_ring, self._rhs_ring = tables["nt_ring"].to(dev), tables["rhs_ring"].to(dev)
         self._nt_ob, self._rhs_ob = tables["nt_ob"].to(dev), tables["rhs_ob"].to(dev)
         self._nt_ext, self._rhs_ext = tables["nt_ext"].to(dev), tables["rhs_ext"].to(dev)
+        self._nt_atom, self._rhs_atom = tables["nt_atom"].to(dev), tables["rhs_atom"].to(dev)
         self._digit_nt = int(tables["digit_nt"])
         self._rhs_len = state._rhs_len
         B = state.batch_size
@@ -123,6 +140,7 @@ class RingClosureState:
         # pending obligations: ring symbols (and a pending ring DIGIT), each writes >= 1 ring digit
         self.ob = self._nt_ob[state.top()].clone()
         self.ext = self._nt_ext[state.top()].clone()  # of which can write more than one digit
+        self.atoms = self._nt_atom[state.top()].clone()  # pending symbols sure to write an atom
         self.pending = torch.zeros(B, dtype=torch.bool, device=dev)
         self._bits = 2 ** torch.arange(len(DIGITS), device=dev)  # [10]
 
@@ -167,14 +185,17 @@ class RingClosureState:
         ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (~no_later | closable)
         st = self.state
         if st.length_mask:
-            # rings open beyond the digits already owed need at least one more digit rule each,
-            # plus one rule to give some atom ring bonds at all: room for them within max_length
-            extra = (open_after - ob_after).clamp(min=0)
-            extra = extra + (extra > 0).long()
+            # each ring open beyond the digits already owed needs a digit no pending symbol owes
+            # yet, which costs at least two more rules than the cheapest derivation (a ring list
+            # grows by ringbond + tail; an atom gets ``atom RB`` + a digit instead of one rule):
+            # room for them within max_length
+            extra = 2 * (open_after - ob_after).clamp(min=0)
             after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + st._rhs_min.unsqueeze(0)
             ok &= (after + extra <= st.max_length - st.t - 1) | (top == st.grammar._nothing_nt).unsqueeze(1)
         # kept for the chemistry constraint, which refines "closable" by the atoms involved
         self.no_later, self.ob_after, self.ext_after = no_later, ob_after, ext_after
+        self.atoms_after = (self.atoms - self._nt_atom[top]).unsqueeze(1) + self._rhs_atom.unsqueeze(0)
+        self.open_after = open_after
         return base, ok
 
     def _ob_left(self, top: Tensor) -> Tensor:
@@ -186,7 +207,7 @@ class RingClosureState:
         index = index.to(self.open.device)
         self.open, self.here = self.open.index_select(0, index), self.here.index_select(0, index)
         self.shut, self.ob = self.shut.index_select(0, index), self.ob.index_select(0, index)
-        self.ext = self.ext.index_select(0, index)
+        self.ext, self.atoms = self.ext.index_select(0, index), self.atoms.index_select(0, index)
         self.cap, self.pending = self.cap.index_select(0, index), self.pending.index_select(0, index)
         self.state.reorder(index)
 
@@ -200,6 +221,7 @@ class RingClosureState:
         top = self.state.top()
         self.ob = self._ob_left(top) + self._rhs_ob[rule] + self._arms[rule].long()
         self.ext = self.ext - self._nt_ext[top] + self._rhs_ext[rule]
+        self.atoms = self.atoms - self._nt_atom[top] + self._rhs_atom[rule]
         self.cap = self._cap_left(top) + self._rhs_ring[rule] + self._arms[rule].long()
         digit = self._digits().gather(1, rule.unsqueeze(1)).squeeze(1)
         has = digit >= 0
