@@ -48,7 +48,7 @@ import torch
 from nltk.grammar import Nonterminal
 from torch import Tensor
 
-from .ring_constraint import DIGITS, RingClosureState
+from .ring_constraint import DIGITS, RingClosureState, scatter_rules
 
 __all__ = ["ORGANIC_CAP", "AROMATIC_CAP", "BRACKET_VALENCE", "ELEMENTS", "chem_tables", "chem_tables_cached",
            "uses_aromatic_atoms", "ChemState"]
@@ -303,10 +303,10 @@ class ChemState:
         base = ring.state
         dev = base.device
         self.tab = _to(tables, dev)
-        self._permit_t = self.tab["permit"].t().float()  # [GRID, R]
-        self._el_cols = (self.tab["el"] >= 0).nonzero().view(-1)
-        self._digit_cols = (self.tab["digit"] >= 0).nonzero().view(-1)
         self._bracket_cols = self.tab["bracket"].nonzero().view(-1)
+        bracket_nts = {base.grammar._nt_index[nt] for nt in BRACKET_NTS if nt in base.grammar._nt_index}
+        self._bracket_nt = torch.tensor([a in bracket_nts for a in range(base.grammar.n_nonterminals)],
+                                        dtype=torch.bool, device=dev)
         B, S = base.stack.shape
         if self.tab["own_next"].shape[1] != base._rhs.shape[1]:
             raise ValueError("chem tables and decode state disagree on the right-hand-side width")
@@ -355,30 +355,50 @@ class ChemState:
         """[B] atom owning the symbol on top of the stack (the "no atom" slot when none)."""
         return self.own.gather(1, self.state.ptr.unsqueeze(1)).squeeze(1)
 
+    def _t(self, name: str, rows: Tensor | None = None) -> Tensor:
+        """Per-rule table ``name`` at the candidate rules: [B, C] (or [B, C, ...]); only ``rows``."""
+        table, cand = self.tab[name], self.ring.cand
+        if rows is not None:
+            cand = cand.index_select(0, rows)
+        return table.index_select(0, cand.reshape(-1)).view(*cand.shape, *table.shape[1:])
+
     def chem_mask(self) -> Tensor:
-        """[B, R] rules the chemistry constraint allows now (read together with the grammar mask)."""
-        tab = self.tab
+        """[B, R] rules the chemistry constraint allows now (read together with the grammar and
+        ring masks; computes the ring masks first)."""
+        self.ring.masks()
+        return scatter_rules(self._chem_c(), self.ring.cand, self.tab["bond_k"].shape[0])
+
+    def _chem_c(self) -> Tensor:
+        """[B, C] the chemistry masks on the candidate rules of :meth:`RingClosureState.masks`
+        (which must have run this step)."""
         o, n = self._owner(), self.n_atoms
         used_o, cap_o = self.used.gather(1, o[:, None]), self.vcap.gather(1, o[:, None])  # [B, 1]
         used_n, cap_n = self.used.gather(1, n[:, None]), self.vcap.gather(1, n[:, None])
-        k1 = (tab["bond_k"] - 1).clamp(min=0).unsqueeze(0)  # [1, R] order above single
-        cap_new = torch.where(tab["creates"] & ~tab["opens_bracket"], tab["new_cap"].unsqueeze(0), cap_n)
-        ok = (used_o + tab["add_o"] + k1 <= cap_o) & ~tab["forbidden"]
-        ok &= used_n + tab["add_n"] + k1 * (~self.bond_ring).long().unsqueeze(1) <= cap_new
+        k1 = (self._t("bond_k") - 1).clamp(min=0)  # [B, C] order above single
+        kn = k1 * (~self.bond_ring).long().unsqueeze(1)  # ... added to the next atom (chain bonds)
+        creates = self._t("creates")
+        cap_new = torch.where(creates & ~self._t("opens_bracket"), self._t("new_cap"), cap_n)
+        ok = (used_o + self._t("add_o") + k1 <= cap_o) & ~self._t("forbidden")
+        ok &= used_n + self._t("add_n") + kn <= cap_new
         ok &= self._ring_ok(o, used_o, cap_o)
-        ok &= self._closable(o, n)
+        ok &= self._closable(o, n, k1, kn, cap_new)
         if self.state.length_mask:
             ok &= self._room()
-        self._bracket_ok(ok, self._ring_need)
+        # bracket interiors: only the rows writing one (a handful per step)
+        top = self.state.top()
+        inside = self._bracket_nt.index_select(0, top) | ((top == self.ring._digit_nt) & (self.dctx != CTX_NONE))
+        rows = inside.nonzero().view(-1)
+        if rows.numel():
+            ok[rows] &= self._bracket_ok(rows)
         return ok
 
-    def _closable(self, o: Tensor, n: Tensor) -> Tensor:
-        """[B, R] when no atom is to come after the ring bonds still owed (the ring mask's
+    def _closable(self, o: Tensor, n: Tensor, k1: Tensor, kn: Tensor, cap_new: Tensor) -> Tensor:
+        """[B, C] when no atom is to come after the ring bonds still owed (the ring mask's
         ``no_later``), every open ring must be closable by the atom A that owes them: distinct
         openers, none A's chain neighbour, already joined to A or opened by A, and A's capacity
         must cover the bond orders of all those closures. A is the next atom while its ring bonds
         are promised but it is not written yet, else the latest atom."""
-        tab, ring = self.tab, self.ring
+        ring = self.ring
         bits = ring._bits.unsqueeze(0)
         is_open = (ring.open.unsqueeze(1) & bits) != 0  # [B, 10]
         here = (ring.here.unsqueeze(1) & bits) != 0
@@ -388,54 +408,53 @@ class ChemState:
         cand_l = is_open & ~here & ~joined & (p != self.parent.gather(1, last))
         cand_n = is_open & (p != self.parent.gather(1, n[:, None]))  # the next atom, parent known
         cand_no = is_open & (p != o.unsqueeze(1))  # the next atom, this rule makes o its parent
-        next_ring = tab["next_ring"].unsqueeze(0)
-        owed_next = next_ring | self.owed_next.unsqueeze(1)  # [B, R]
+        next_ring = self._t("next_ring")
+        owed_next = next_ring | self.owed_next.unsqueeze(1)  # [B, C]
         cnt = torch.where(owed_next,
-                          torch.where(next_ring & tab["parent"].unsqueeze(0), _distinct(cand_no, p),
-                                      _distinct(cand_n, p)),
-                          _distinct(cand_l, p))  # [B, R]
-        digit = ring._digits()
+                          torch.where(next_ring & self._t("parent"), _distinct(cand_no, p), _distinct(cand_n, p)),
+                          _distinct(cand_l, p))
+        digit = ring.digit_c
         d = digit.clamp(min=0)
         closes = (digit >= 0) & is_open.gather(1, d)
         cnt = cnt - (closes & cand_l.gather(1, d)).long()
-        open_after = is_open.sum(1, keepdim=True) - closes.long()
-        ok = cnt >= open_after
+        ok = cnt >= ring.open_after
         # capacity of A for closing every open ring (cost: the order written at the opening, else 1)
         cost = torch.where(self.ring_explicit, self.ring_order, torch.ones_like(p)) * is_open.long()
         cost_d = cost.gather(1, d)
         s_after = cost.sum(1, keepdim=True) - closes.long() * cost_d
-        k1 = (tab["bond_k"] - 1).clamp(min=0).unsqueeze(0)
-        used_n = self.used.gather(1, n[:, None]) + tab["add_n"] + k1 * (~self.bond_ring).long().unsqueeze(1)
-        cap_n = torch.where(tab["creates"] & ~tab["opens_bracket"], tab["new_cap"].unsqueeze(0),
-                            self.vcap.gather(1, n[:, None]))
-        at_last = (o.unsqueeze(1) == last)
+        used_n = self.used.gather(1, n[:, None]) + self._t("add_n") + kn
         # (a ring-bond symbol's order is part of the cost of the ring it will close)
-        used_l = (self.used.gather(1, last) + at_last.long() * (tab["add_o"] + k1 * (~self.bond_ring).long().unsqueeze(1))
+        used_l = (self.used.gather(1, last) + (o.unsqueeze(1) == last).long() * (self._t("add_o") + kn)
                   + (closes & ~self.pend_explicit.unsqueeze(1)).long() * (cost_d - 1))
         used_a = torch.where(owed_next, used_n, used_l)
-        cap_a = torch.where(owed_next, cap_n, self.vcap.gather(1, last))
+        cap_a = torch.where(owed_next, cap_new, self.vcap.gather(1, last))
         ok &= used_a + s_after - ring.ob_after <= cap_a
-        ok = ~ring.no_later | ok
-        # what a bracket atom still being written needs for those closures (for _bracket_ok)
-        col = self._bracket_cols[:1]
-        nl = ring.no_later.index_select(1, col).squeeze(1) if col.numel() else torch.zeros_like(n, dtype=torch.bool)
-        self._ring_need = torch.where(nl, (cost.sum(1) - ring.ob_after.index_select(1, col).squeeze(1)).clamp(min=0),
-                                      torch.zeros_like(n)) if col.numel() else torch.zeros_like(n)
         # a ring-bond symbol with nothing to come: some open ring must take that order
-        k = tab["bond_k"]
         orders = torch.arange(1, 4, device=p.device)
         fits_p = self.used.gather(1, p).unsqueeze(2) + (orders - 1) <= self.vcap.gather(1, p).unsqueeze(2)
         same = self.ring_order.unsqueeze(2) == orders  # [B, 10, 3]
-        takes = cand_l.unsqueeze(2) & torch.where(self.ring_explicit.unsqueeze(2), same, fits_p)
-        n_takes = takes.sum(1)  # [B, 3]
-        bond_cols = (k > 0).nonzero().view(-1)
-        kk = k.index_select(0, bond_cols).clamp(1, 3) - 1
-        need = ring.no_later[:, bond_cols] & self.bond_ring.unsqueeze(1)
-        ok[:, bond_cols] &= ~need | (n_takes.index_select(1, kk) > 0)
-        return ok
+        takes = (cand_l.unsqueeze(2) & torch.where(self.ring_explicit.unsqueeze(2), same, fits_p)).sum(1)  # [B, 3]
+        k = self._t("bond_k")
+        ring_bond = (k > 0) & self.bond_ring.unsqueeze(1)
+        ok &= ~ring_bond | (takes.gather(1, k.clamp(1, 3) - 1) > 0)
+        # what a bracket atom still being written needs for those closures (for _bracket_ok)
+        self._ring_need = self._bracket_ring_need(cost.sum(1))
+        return ~ring.no_later | ok
+
+    def _bracket_ring_need(self, cost: Tensor) -> Tensor:
+        """[B] bond orders a bracket atom being written will need for closing every open ring
+        when no atom is to come (as seen from the first bracket rule)."""
+        if not self._bracket_cols.numel():
+            return torch.zeros_like(cost)
+        ring, r0 = self.ring, int(self._bracket_cols[0])
+        top = self.state.top()
+        arms = int(ring._arms[r0])
+        cap_after = ring._cap_left(top) + int(ring._rhs_ring[r0]) + arms
+        ob_after = ring._ob_left(top) + int(ring._rhs_ob[r0]) + arms
+        return torch.where(cap_after <= ob_after, (cost - ob_after).clamp(min=0), torch.zeros_like(cost))
 
     def _room(self) -> Tensor:
-        """[B, R] rings opened at one atom must close at distinct atoms: beyond the atoms that
+        """[B, C] rings opened at one atom must close at distinct atoms: beyond the atoms that
         pending symbols will write anyway (and the one owing ring bonds), each costs at least two
         more rules (a chain or branch grows by one atom), on top of the ring mask's two per digit."""
         st, ring = self.state, self.ring
@@ -443,19 +462,23 @@ class ChemState:
         p = self.ring_atom
         shared = ((p.unsqueeze(2) == p.unsqueeze(1)) & is_open.unsqueeze(1) & is_open.unsqueeze(2)).sum(2)
         mult = shared.amax(1, keepdim=True)  # [B, 1] most open rings from one atom
-        digit = ring._digits()
+        digit = ring.digit_c
         closes = (digit >= 0) & is_open.gather(1, digit.clamp(min=0))
         more_atoms = (mult - closes.long() - ring.atoms_after - (ring.ob_after > 0).long()).clamp(min=0)
         digits = (ring.open_after - ring.ob_after).clamp(min=0)
         top = st.top()
-        after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + st._rhs_min.unsqueeze(0)
+        after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + self._take_min()
         fits = after + 2 * digits + 2 * more_atoms <= st.max_length - st.t - 1
         return fits | (top == st.grammar._nothing_nt).unsqueeze(1)
 
+    def _take_min(self) -> Tensor:
+        cand = self.ring.cand
+        return self.state._rhs_min.index_select(0, cand.reshape(-1)).view(cand.shape)
+
     def _ring_ok(self, o: Tensor, used_o: Tensor, cap_o: Tensor) -> Tensor:
-        """[B, R] ring digits: a closure must not duplicate a bond, exceed a valence or contradict
+        """[B, C] ring digits: a closure must not duplicate a bond, exceed a valence or contradict
         the bond symbol written at the opening."""
-        digit = self.ring._digits()  # [B, R] ring digit each rule writes (-1: none)
+        digit = self.ring.digit_c  # [B, C] ring digit each rule writes (-1: none)
         is_open = (self.ring.open.unsqueeze(1) & self.ring._bits.unsqueeze(0)) != 0  # [B, 10]
         p = self.ring_atom
         dup = (p == self.parent.gather(1, o[:, None])) | (p.unsqueeze(2) == self.partners.unsqueeze(1)).any(2)
@@ -467,33 +490,39 @@ class ChemState:
         digit_ok = ~is_open | (~dup & ~clash & fits)  # [B, 10]
         return (digit < 0) | digit_ok.gather(1, digit.clamp(min=0))
 
-    def _bracket_ok(self, ok: Tensor, ring_need: Tensor) -> None:
-        """AND into ``ok`` [B, R]: inside a bracket atom, a rule only if some H count / charge it
-        leaves possible gives the atom room for the bonds already committed to it (plus
-        ``ring_need`` [B], the orders of ring closures it will have to make)."""
+    def _bracket_ok(self, rows: Tensor) -> Tensor:
+        """[b, C] for ``rows`` [b]: inside a bracket atom, a rule only if some H count / charge it
+        leaves possible gives the atom room for the bonds already committed to it (plus the
+        orders of ring closures it will have to make)."""
         tab = self.tab
-        a = (self.n_atoms - 1).clamp(min=0)
-        need = self.used.gather(1, a[:, None]) + ring_need.unsqueeze(1)  # [B, 1]
+        a = (self.n_atoms.index_select(0, rows) - 1).clamp(min=0)
+        need = (self.used.index_select(0, rows).gather(1, a[:, None])
+                + self._ring_need.index_select(0, rows).unsqueeze(1))  # [b, 1]
         score = tab["score"]
-        fit = self.cells & (score.index_select(0, self.br_el) >= need)  # [B, GRID]
-        cols = self._bracket_cols
-        ok[:, cols] &= (fit.float() @ self._permit_t[:, cols]) > 0
-        el = tab["el"].index_select(0, self._el_cols)  # [n_el]
-        fe = (self.cells.unsqueeze(1) & (score.index_select(0, el).unsqueeze(0) >= need.unsqueeze(2))
-              & tab["permit"].index_select(0, self._el_cols).unsqueeze(0))  # [B, n_el, GRID]
-        ok[:, self._el_cols] &= fe.any(2)
-        dperm = tab["dperm"].index_select(0, self.dctx)  # [B, 10, GRID]
-        okd = (fit.unsqueeze(1) & dperm).any(2) | (self.dctx == CTX_NONE).unsqueeze(1)  # [B, 10]
-        ok[:, self._digit_cols] &= okd.index_select(1, tab["digit"].index_select(0, self._digit_cols))
+        cells, dctx = self.cells.index_select(0, rows), self.dctx.index_select(0, rows)
+        fit = cells & (score.index_select(0, self.br_el.index_select(0, rows)) >= need)  # [b, GRID]
+        permit = self._t("permit", rows)  # [b, C, GRID]
+        ok = ~self._t("bracket", rows) | (fit.unsqueeze(1) & permit).any(2)
+        el = self._t("el", rows)
+        el_score = score.index_select(0, el.clamp(min=0).reshape(-1)).view(*el.shape, -1)  # [b, C, GRID]
+        el_fit = (cells.unsqueeze(1) & (el_score >= need.unsqueeze(2)) & permit).any(2)
+        ok &= (el < 0) | el_fit
+        digit = self._t("digit", rows)
+        dperm = tab["dperm"].index_select(0, dctx)  # [b, 10, GRID]
+        sel = dperm.gather(1, digit.clamp(min=0).unsqueeze(2).expand(-1, -1, GRID))  # [b, C, GRID]
+        in_ctx = (digit >= 0) & (dctx != CTX_NONE).unsqueeze(1)
+        ok &= ~in_ctx | (fit.unsqueeze(1) & sel).any(2)
+        return ok
 
     def allowed(self) -> Tensor:
         """BoolTensor [B, R]: grammar (+ length) mask AND ring masks AND chemistry masks; a row the
         constraints leave no rule falls back to the ring masks, then to the grammar mask."""
         base, ring_ok = self.ring.masks()
-        ok = ring_ok & self.chem_mask()
-        has = ok.any(1, keepdim=True)
-        self.fallback_rows |= ~has.squeeze(1)
-        return torch.where(has, ok, torch.where(ring_ok.any(1, keepdim=True), ring_ok, base))
+        ok_c = self.ring.ok_c & self._chem_c()
+        has = ok_c.any(1)
+        self.fallback_rows |= ~has
+        ok = scatter_rules(ok_c, self.ring.cand, base.shape[1])
+        return torch.where(has.unsqueeze(1), ok, torch.where(ring_ok.any(1, keepdim=True), ring_ok, base))
 
     # ------------------------------------------------------------------ push
 
@@ -544,7 +573,7 @@ class ChemState:
 
     def _push_ring_digit(self, rule: Tensor, o: Tensor) -> None:
         """Open or close the ring whose digit the rule writes (before the ring state flips it)."""
-        digit = self.ring._digits().gather(1, rule[:, None]).squeeze(1)
+        digit = self.ring.digit_of(rule[:, None]).squeeze(1)
         has = digit >= 0
         d = digit.clamp(min=0)[:, None]
         is_open = ((self.ring.open & self.ring._bits[d.squeeze(1)]) != 0) & has

@@ -37,6 +37,18 @@ DIGITS = "1234567890"  # the order in which RDKit's canonical SMILES reuses ring
 ATOM_STARTS = frozenset({"[", "B", "C", "N", "O", "S", "P", "F", "I", "Cl", "Br", "c", "n", "o", "s"})
 
 
+def _take(table: Tensor, rules: Tensor) -> Tensor:
+    """``table[rules]`` for a per-rule table [R] and rule ids [B, C] (index_select: fast on CPU)."""
+    return table.index_select(0, rules.reshape(-1)).view(rules.shape)
+
+
+def scatter_rules(ok: Tensor, cand: Tensor, n_rules: int) -> Tensor:
+    """[B, R] mask from a candidate mask ``ok`` [B, C] over rule ids ``cand`` [B, C]; padding
+    slots repeat the pad rule, so the values are summed (any True wins), not overwritten."""
+    out = torch.zeros(ok.shape[0], n_rules, dtype=torch.uint8, device=ok.device)
+    return out.scatter_add_(1, cand, ok.to(torch.uint8)) > 0
+
+
 def ring_tables(grammar: Any) -> dict[str, Any] | None:
     """Per-rule tables, or None when the grammar has no ring symbols.
 
@@ -152,15 +164,32 @@ class RingClosureState:
         via = torch.where(self.pending.unsqueeze(1), self._via.unsqueeze(0), torch.full_like(self._via, -1))
         return torch.where(self._direct >= 0, self._direct.unsqueeze(0), via)
 
+    def digit_of(self, rules: Tensor) -> Tensor:
+        """Ring digit (-1: none) each of ``rules`` ([B, C] rule ids) would write now."""
+        via = torch.where(self.pending.unsqueeze(1), _take(self._via, rules), torch.full_like(rules, -1))
+        direct = _take(self._direct, rules)
+        return torch.where(direct >= 0, direct, via)
+
+    def candidates(self) -> tuple[Tensor, Tensor]:
+        """``(cand, valid)`` [B, C]: the rules of each row's top symbol (padded with the pad rule).
+        The masks are computed for these only (C is a tenth of the rule count)."""
+        tens = self.state.grammar._decode_tensors(self.open.device)
+        top = self.state.top()
+        return tens["cand"].index_select(0, top), tens["cand_valid"].index_select(0, top)
+
     def allowed(self) -> Tensor:
         base, ok = self.masks()
         return torch.where(ok.any(1, keepdim=True), ok, base)  # never leave a row without a rule
 
     def masks(self) -> tuple[Tensor, Tensor]:
         """``(base, ok)``, both [B, R]: the grammar (+ length) mask, and it with the ring masks
-        (which may leave a row no rule; :meth:`allowed` then falls back to ``base``)."""
+        (which may leave a row no rule; :meth:`allowed` then falls back to ``base``). The ring
+        masks are computed on the top symbol's candidate rules (kept in ``self.cand``,
+        ``self.ok_c`` and the ``*_after`` tensors, all [B, C], for the chemistry constraint)."""
         base = self.state.allowed()  # [B, R] grammar (+ length) mask
-        digit = self._digits()
+        cand, valid = self.candidates()
+        self.cand = cand
+        digit = self.digit_of(cand)  # [B, C]
         has = digit >= 0
         bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
         is_open = (self.open.unsqueeze(1) & bit) != 0
@@ -172,17 +201,17 @@ class RingClosureState:
         n_open = ((self.open.unsqueeze(1) & self._bits.unsqueeze(0)) != 0).sum(1, keepdim=True)
         open_after = n_open + has.long() * (1 - 2 * is_open.long())
         top = self.state.top()
-        arms = self._arms.long().unsqueeze(0)
-        cap_after = self._cap_left(top).unsqueeze(1) + self._rhs_ring.unsqueeze(0) + arms
-        ob_after = self._ob_left(top).unsqueeze(1) + self._rhs_ob.unsqueeze(0) + arms
+        arms = _take(self._arms, cand).long()
+        cap_after = self._cap_left(top).unsqueeze(1) + _take(self._rhs_ring, cand) + arms
+        ob_after = self._ob_left(top).unsqueeze(1) + _take(self._rhs_ob, cand) + arms
+        ext_after = (self.ext - self._nt_ext[top]).unsqueeze(1) + _take(self._rhs_ext, cand)
         # with no pending symbol but the obligations able to write a digit (no atom to come that
-        # could close a ring), every digit left must close an open ring: none may open
-        ext_after = (self.ext - self._nt_ext[top]).unsqueeze(1) + self._rhs_ext.unsqueeze(0)
+        # could close a ring), every digit left must close an open ring: none may open ...
         no_later = cap_after <= ob_after
         opening = has & ~is_open
         # ... and exactly the open rings must get closed (fewer digits only if a list can grow)
         closable = (open_after >= ob_after) & ((ext_after > 0) | (open_after <= ob_after)) & ~opening
-        ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (~no_later | closable)
+        ok = valid & base.gather(1, cand) & digit_ok & ((open_after == 0) | (cap_after > 0)) & (~no_later | closable)
         st = self.state
         if st.length_mask:
             # each ring open beyond the digits already owed needs a digit no pending symbol owes
@@ -190,13 +219,13 @@ class RingClosureState:
             # grows by ringbond + tail; an atom gets ``atom RB`` + a digit instead of one rule):
             # room for them within max_length
             extra = 2 * (open_after - ob_after).clamp(min=0)
-            after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + st._rhs_min.unsqueeze(0)
+            after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + _take(st._rhs_min, cand)
             ok &= (after + extra <= st.max_length - st.t - 1) | (top == st.grammar._nothing_nt).unsqueeze(1)
         # kept for the chemistry constraint, which refines "closable" by the atoms involved
-        self.no_later, self.ob_after, self.ext_after = no_later, ob_after, ext_after
-        self.atoms_after = (self.atoms - self._nt_atom[top]).unsqueeze(1) + self._rhs_atom.unsqueeze(0)
+        self.ok_c, self.digit_c, self.no_later, self.ob_after = ok, digit, no_later, ob_after
+        self.atoms_after = (self.atoms - self._nt_atom[top]).unsqueeze(1) + _take(self._rhs_atom, cand)
         self.open_after = open_after
-        return base, ok
+        return base, scatter_rules(ok, cand, base.shape[1])
 
     def _ob_left(self, top: Tensor) -> Tensor:
         """[B] obligations left once the top symbol is expanded."""
@@ -223,7 +252,7 @@ class RingClosureState:
         self.ext = self.ext - self._nt_ext[top] + self._rhs_ext[rule]
         self.atoms = self.atoms - self._nt_atom[top] + self._rhs_atom[rule]
         self.cap = self._cap_left(top) + self._rhs_ring[rule] + self._arms[rule].long()
-        digit = self._digits().gather(1, rule.unsqueeze(1)).squeeze(1)
+        digit = self.digit_of(rule.unsqueeze(1)).squeeze(1)
         has = digit >= 0
         bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
         opening = has & ((self.open & bit) == 0)
