@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grammar import Grammar, select
+from .chem_constraint import ChemState, chem_tables_cached, uses_aromatic_atoms
 from .ring_constraint import RingClosureState, ring_tables
 
 
@@ -83,11 +84,13 @@ class GrammarCodec(SequenceCodec):
     kind = "grammar"
 
     def __init__(self, grammar: Grammar, max_length: int | None = None, length_mask: bool = True,
-                 ring_mask: bool = True) -> None:
+                 ring_mask: bool = True, chem_mask: bool = True) -> None:
         self.grammar = grammar
         # decoding options, not data: set from EvalConfig by the pipeline
         self.length_mask = length_mask
         self.ring_mask = ring_mask
+        self.chem_mask = chem_mask  # valence / bond checks (discrete_rae.chem_constraint); needs ring_mask
+        self.aromatic = True  # aromatic atoms allowed by the chem mask; encode() sets it from the data
         self._ring_tables = ring_tables(grammar)  # None for grammars without ring bonds
         self.vocab_size = grammar.n_rules
         self.pad_index = grammar.pad_index
@@ -98,6 +101,7 @@ class GrammarCodec(SequenceCodec):
         from .data.cache import encode_cached
 
         enc = encode_cached(self.grammar, texts, cache_dir, workers=workers, progress=progress)
+        self.aromatic = uses_aromatic_atoms(self.grammar, np.asarray(enc.ids))  # Kekule data: none
         return EncodedTexts(np.asarray(enc.ids), np.asarray(enc.lengths), list(enc.texts), list(enc.failures))
 
     def step_mask(self, ids: Tensor) -> Tensor:
@@ -107,7 +111,9 @@ class GrammarCodec(SequenceCodec):
         state = self.grammar.decoder_state(batch_size, device=device, max_length=self.max_length,
                                            length_mask=self.length_mask)
         if self.ring_mask and self._ring_tables is not None:
-            return RingClosureState(state, self._ring_tables)
+            ring = RingClosureState(state, self._ring_tables)
+            chem = chem_tables_cached(self.grammar, self.aromatic) if self.chem_mask else None
+            return ChemState(ring, chem) if chem is not None else ring
         return state
 
     def decode_logits(self, logits: Tensor, greedy: bool = True, temperature: float = 1.0,

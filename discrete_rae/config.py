@@ -166,6 +166,8 @@ class DataConfig:
     column: str = option("", "SMILES column of a CSV file", applies={"domain": ("molecules",)})
     workers: int = option(0, "worker processes for loading/parsing (0 = automatic)", ge=0)
     data_dir: str = option("", "data and cache directory (default ./datasets or $DISCRETE_RAE_DATA)")
+    kekulize: bool = option(True, "molecules: train on canonical Kekule SMILES (explicit double bonds, no aromatic "
+                            "atoms); metrics still compare canonical aromatic SMILES", applies={"domain": ("molecules",)})
 
 
 @dataclass
@@ -186,6 +188,9 @@ class EvalConfig:
                                applies={"codec": ("grammar",)})
     ring_mask: bool = option(True, "SMILES grammar decoding: open rings with the lowest free digit, close only "
                              "open ones, do not finish with a ring open (false: grammar mask only)",
+                             applies={"codec": ("grammar",), "domain": ("molecules",)})
+    chem_mask: bool = option(True, "SMILES grammar decoding: valence, bond orders and ring bonds checked while "
+                             "decoding, no aromatic atoms when the data is kekulised (false: ring_mask only)",
                              applies={"codec": ("grammar",), "domain": ("molecules",)})
     beam_width: int = option(0, "molecules: also report reconstruction by beam search of this width (0 = off)",
                              ge=0, applies={"domain": ("molecules",)})

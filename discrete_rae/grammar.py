@@ -331,20 +331,16 @@ class DecodeState:
         fits = after <= self.max_length - self.t - 1
         return masks & (fits | (top == self.grammar._nothing_nt).unsqueeze(1))
 
-    # Minimal version added with beam search (covers the fields above); a fuller one that also
-    # covers later constraints may replace it.
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (LongTensor ``[B']``, repeats allowed): row i becomes old row index[i].
-
-        Beam search calls it to carry each surviving beam's stack, length budget and rules.
-        """
-        index = index.to(device=self.device, dtype=torch.long)
+        """Keep rows ``index`` (LongTensor ``[B']``, repeats allowed) in that order: every per-sample
+        tensor (stack, ptr, cut, chosen rules, length bookkeeping) is gathered (beam search)."""
+        index = index.to(device=self.device, dtype=torch.long).reshape(-1)
         self.stack = self.stack.index_select(0, index)
         self.ptr = self.ptr.index_select(0, index)
         self.cut = self.cut.index_select(0, index)
         self._ids = self._ids.index_select(0, index)
         self.need = self.need.index_select(0, index)
-        self.batch_size = int(index.shape[0])
+        self.batch_size = int(index.numel())
 
     def push(self, rule_ids: torch.Tensor, check: bool = True) -> None:
         """Apply one rule per sample: pop the top non-terminal, push the rule's RHS non-terminals.

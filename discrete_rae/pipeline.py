@@ -57,7 +57,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-DECODING_OPTIONS = ("length_mask", "ring_mask")  # EvalConfig fields that the grammar codec reads
+DECODING_OPTIONS = ("length_mask", "ring_mask", "chem_mask")  # EvalConfig fields that the grammar codec reads
 
 
 def apply_decoding_options(codec: Any, cfg: EvalConfig) -> None:

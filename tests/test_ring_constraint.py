@@ -61,3 +61,28 @@ def test_ring_mask_steers_away_from_the_mistake(text: str, forbidden: str) -> No
 def test_expression_grammar_has_no_ring_tables() -> None:
     assert ring_tables(Grammar.builtin("expressions")) is None
     assert ring_tables(Grammar.builtin("smiles_compact")) is not None
+
+
+def _first_blocked(codec: GrammarCodec, text: str) -> int | None:
+    state = codec.new_state(1)
+    for t, r in enumerate(codec.grammar.parse(text)):
+        if not bool(state.allowed()[0, r]):
+            return t
+        state.push(torch.tensor([r]))
+    return None
+
+
+def test_a_digit_closed_at_an_atom_is_not_reused_there() -> None:
+    """RDKit writes ``C23`` (close 2, open 3), not ``C22``: the lowest free digit skips digits
+    closed at the current atom (Kekule MOSES molecule)."""
+    g = Grammar.builtin("smiles_compact")
+    codec = GrammarCodec(g, max_length=120, ring_mask=True, chem_mask=False)
+    assert _first_blocked(codec, "O=C1N(CCO)C2=CCCCC23C2=C(CCN13)C1=CC=CC=C1N2") is None
+
+
+@pytest.mark.parametrize("text", ["C1", "CC(C1)C", "C1CC1C(C2)C"])
+def test_a_ring_digit_needs_a_later_partner(text: str) -> None:
+    """A ring bond promised where no later atom could close it is blocked before its digit."""
+    codec = GrammarCodec(Grammar.builtin("smiles_compact"), max_length=60, ring_mask=True, chem_mask=False)
+    assert _first_blocked(codec, text) is not None
+    assert _first_blocked(GrammarCodec(Grammar.builtin("smiles_compact"), max_length=60, ring_mask=False), text) is None

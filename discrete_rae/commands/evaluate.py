@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="grammar decoding: finish within max_length (true, default) or the paper's cut-off (false)")
     p.add_argument("--ring-mask", default=None, choices=["true", "false"],
                    help="SMILES grammar decoding: ring-closure bookkeeping (true, default) or the grammar mask only")
+    p.add_argument("--chem-mask", default=None, choices=["true", "false"],
+                   help="SMILES grammar decoding: valence and bond checks (true, default) or the ring mask only")
     p.add_argument("--benchmark", choices=("moses", "guacamol"), default=None,
                    help="distribution-learning suite on --n samples (default 30,000 MOSES / 10,000 GuacaMol)")
 

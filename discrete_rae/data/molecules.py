@@ -1,8 +1,8 @@
 """Molecule data sets: SMILES from MOSES, RDKit's NCI sample, ZINC-250k or a file.
 
 Every loader returns a :class:`MoleculeData`: RDKit-canonical SMILES (default
-canonical form with stereochemistry, ``Chem.MolToSmiles(mol)``), deduplicated on
-the canonical form, plus a :class:`~discrete_rae.data.errors.LoadReport` that
+canonical form with stereochemistry, ``Chem.MolToSmiles(mol)``; with ``kekulize=True``
+canonical Kekule SMILES, no aromatic atoms), deduplicated on the canonical form, plus a :class:`~discrete_rae.data.errors.LoadReport` that
 counts what was read, kept and rejected (by reason, with examples). A bad record
 never raises; a source that cannot be used at all raises a one-line
 :class:`~discrete_rae.data.errors.DataError`.
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -80,6 +81,7 @@ __all__ = [
     "zinc250k_path",
     "default_data_dir",
     "canonicalize_smiles",
+    "kekulize_smiles",
     "DATASETS",
     "MAX_LINE_CHARS",
 ]
@@ -377,21 +379,44 @@ def canonicalize_smiles(smiles: str) -> tuple[str | None, str]:
         return _canonical_one(Chem, smiles)
 
 
-def _canonical_one(chem: Any, smiles: str) -> tuple[str | None, str]:
+def _canonical_one(chem: Any, smiles: str, kekulize: bool = False) -> tuple[str | None, str]:
     mol = chem.MolFromSmiles(smiles)
     if mol is None:
         return None, _rejection_reason(smiles)
     if mol.GetNumAtoms() == 0:
         return None, "empty_molecule"
+    if kekulize:
+        return kekule_smiles_of(chem, mol)
     return chem.MolToSmiles(mol), ""
 
 
-def _canonical_chunk(texts: list[str]) -> list[tuple[str | None, str]]:
-    """Canonicalise a chunk (runs in worker processes too)."""
+def kekule_smiles_of(chem: Any, mol: Any) -> tuple[str | None, str]:
+    """Canonical Kekule SMILES of a sanitized molecule: no aromatic atoms, explicit ``=`` bonds.
+
+    ``Chem.Kekulize(mol, clearAromaticFlags=True)`` then ``MolToSmiles(kekuleSmiles=True)``
+    (canonical atom order). Returns ``(smiles, "")`` or ``(None, "aromaticity")``.
+    """
+    try:
+        chem.Kekulize(mol, clearAromaticFlags=True)
+    except Exception:  # noqa: BLE001 - RDKit raises KekulizeException
+        return None, "aromaticity"
+    return chem.MolToSmiles(mol, kekuleSmiles=True), ""
+
+
+def kekulize_smiles(smiles: str) -> tuple[str | None, str]:
+    """Canonical Kekule SMILES of ``smiles`` (see :func:`kekule_smiles_of`), or ``(None, reason)``."""
     from rdkit import Chem
 
     with _quiet_rdkit():
-        return [_canonical_one(Chem, s) for s in texts]
+        return _canonical_one(Chem, smiles, kekulize=True)
+
+
+def _canonical_chunk(texts: list[str], kekulize: bool = False) -> list[tuple[str | None, str]]:
+    """Canonicalise (optionally kekulise) a chunk (runs in worker processes too)."""
+    from rdkit import Chem
+
+    with _quiet_rdkit():
+        return [_canonical_one(Chem, s, kekulize) for s in texts]
 
 
 def _identity_chunk(texts: list[str]) -> list[tuple[str | None, str]]:
@@ -664,6 +689,7 @@ def _process(
     progress: bool,
     canonicalize: bool,
     label: str,
+    kekulize: bool = False,
 ) -> list[str]:
     """Canonicalise + deduplicate records in file order or a seeded random order until ``n`` are kept."""
     from tqdm.auto import tqdm
@@ -676,9 +702,10 @@ def _process(
     else:
         order = range(total)
     target = n if subset else None
-    fn: Callable[[list[str]], list[tuple[str | None, str]]] = _canonical_chunk if canonicalize else _identity_chunk
+    fn: Callable[[list[str]], list[tuple[str | None, str]]] = (
+        functools.partial(_canonical_chunk, kekulize=kekulize) if (canonicalize or kekulize) else _identity_chunk)
     n_workers = _resolve_workers(workers, total if target is None else min(total, 2 * target))
-    if not canonicalize:
+    if not (canonicalize or kekulize):
         n_workers = 1
     texts, lines = records.texts, records.lines
     kept: list[str] = []
@@ -790,6 +817,7 @@ def load_molecules(
     workers: int | None = None,
     canonicalize: bool = True,
     cache: bool | None = None,
+    kekulize: bool = False,
 ) -> MoleculeData:
     """Load, validate, canonicalise and deduplicate molecules.
 
@@ -808,9 +836,12 @@ def load_molecules(
             records or more, else 1.
         canonicalize: if False, records are only stripped and deduplicated (no
             RDKit): for files already in canonical form (e.g. MOSES), much faster.
+        kekulize: write every molecule as canonical Kekule SMILES (no aromatic atoms,
+            explicit double bonds; :func:`kekule_smiles_of`); implies RDKit processing.
+            Molecules that cannot be kekulised are rejected (reason ``aromaticity``).
         cache: keep the result in ``<data_dir>/cache/mol-<key>.txt.gz`` (+ ``.json``
             with the report) and reuse it when the same file (by sha256) is loaded
-            with the same column, n, seed, canonicalize and RDKit version. ``None``
+            with the same column, n, seed, canonicalize, kekulize and RDKit version. ``None``
             (default): only for files of 1 MB or more, where canonicalising costs
             seconds to minutes (full MOSES: about 220 CPU seconds).
 
@@ -833,16 +864,18 @@ def load_molecules(
         cache = path.stat().st_size >= _CACHE_MIN_BYTES
     cache_file = None
     if cache:
-        cache_file = _load_cache_path(data_dir, report.sha256, column, n, seed, canonicalize)
+        cache_file = _load_cache_path(data_dir, report.sha256, column, n, seed, canonicalize, kekulize)
         hit = _read_load_cache(cache_file, report)
         if hit is not None:
             logger.info("%s: %d molecules loaded from cache %s", label, len(hit), cache_file)
             return MoleculeData(hit, report)
     records = _read_records(path, label, column, report)
-    kept = _process(records, report, n, seed, workers, progress, canonicalize, label)
+    kept = _process(records, report, n, seed, workers, progress, canonicalize, label, kekulize)
     del records
     report.kept = len(kept)
-    if not canonicalize:
+    if kekulize:
+        report.notes.append("kekulised: canonical Kekule SMILES (no aromatic atoms)")
+    elif not canonicalize:
         report.notes.append("not canonicalised (canonicalize=False): strings as in the file")
     if not kept:
         examples = "; ".join(f"{r}: {ex[0]}" for r, ex in report.examples.items() if ex)
@@ -860,7 +893,8 @@ def load_molecules(
 
 
 def _load_cache_path(
-    data_dir: Path | None, file_sha256: str, column: Any, n: int | None, seed: int, canonicalize: bool
+    data_dir: Path | None, file_sha256: str, column: Any, n: int | None, seed: int, canonicalize: bool,
+    kekulize: bool = False,
 ) -> Path:
     """Cache file of a load: keyed by everything the result depends on."""
     from rdkit import rdBase
@@ -873,8 +907,10 @@ def _load_cache_path(
             "n": n,
             "seed": seed,
             "canonicalize": canonicalize,
-            "rdkit": rdBase.rdkitVersion if canonicalize else None,
+            "rdkit": rdBase.rdkitVersion if (canonicalize or kekulize) else None,
             "max_line_chars": MAX_LINE_CHARS,
+            # only present when set, so the keys of existing non-Kekule caches stay valid
+            **({"kekulize": True} if kekulize else {}),
         },
         sort_keys=True,
     )

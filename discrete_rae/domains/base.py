@@ -86,6 +86,10 @@ class SequenceDomain(Domain):
     def canonical(self, text: str) -> str | None:
         raise NotImplementedError
 
+    def reference_form(self, texts: list[str]) -> list[str]:
+        """Data strings in the form :meth:`canonical` returns (compared with decoded samples)."""
+        return list(texts)
+
     def extra_metrics(self, valid: list[str]) -> dict[str, Any]:
         return {}
 
@@ -152,7 +156,7 @@ class SequenceDomain(Domain):
         canon = [self.canonical(s) if s is not None else None for s in samples]
         valid = [c for c in canon if c is not None]
         unique = set(valid)
-        train_set = set(train_texts)
+        train_set = set(self.reference_form(train_texts))
         novel = [c for c in unique if c not in train_set]
         return {"n_samples": n, "valid": len(valid) / max(n, 1), "unique": len(unique) / max(len(valid), 1),
                 "novel": len(novel) / max(len(unique), 1), "unfinished": sum(s is None for s in samples) / max(n, 1),
@@ -164,7 +168,7 @@ class SequenceDomain(Domain):
         ``stochastic`` (GVAE protocol): 10 posterior draws per input (the mean for deterministic
         codes), each decoded 100 times with sampling; share of decodes equal to the input.
         """
-        ids, truth = prepared.test, prepared.test_texts
+        ids, truth = prepared.test, self.reference_form(prepared.test_texts)
         if len(truth) == 0:
             return {"recon_accuracy": float("nan"), "n_recon": 0}
         if cfg.recon_protocol == "stochastic":

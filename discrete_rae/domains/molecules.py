@@ -28,9 +28,10 @@ class MoleculeDomain(SequenceDomain):
         d = run.data
         data = load_molecules(d.dataset or self.default_dataset, n=d.n_train or None, seed=run.train.seed,
                               data_dir=Path(d.data_dir) if d.data_dir else None, column=d.column or None,
-                              progress=progress)
+                              progress=progress, kekulize=d.kekulize)
         return list(data.smiles), {"dataset": d.dataset or self.default_dataset,
-                                   "load_report": data.report.summary(), "load_counts": data.report.counts()}
+                                   "load_report": data.report.summary(), "load_counts": data.report.counts(),
+                                   "kekulize": d.kekulize}
 
     def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
         if kind == "selfies":  # vocabulary from the training SMILES, like the character codec
@@ -54,7 +55,7 @@ class MoleculeDomain(SequenceDomain):
         t0 = time.monotonic()
         z = self.encode(model, prepared.test, device)
         decoded = beam_decode_texts(model, z, width, device)
-        truth = prepared.test_texts
+        truth = self.reference_form(prepared.test_texts)  # canonical aromatic, as the greedy score compares
         hits = sum(d is not None and self.canonical(d) == t for d, t in zip(decoded, truth))
         out.update({"recon_accuracy_beam": hits / len(truth), "beam_width": width,
                     "recon_seconds_beam": round(time.monotonic() - t0, 2)})
@@ -64,6 +65,10 @@ class MoleculeDomain(SequenceDomain):
         from ..chem import canonical
 
         return canonical(text)
+
+    def reference_form(self, texts: list[str]) -> list[str]:
+        """RDKit canonical (aromatic) SMILES of the data, which may be stored in Kekule form."""
+        return [self.canonical(t) or t for t in texts]
 
     def render(self, samples: list[str | None], path: Path) -> None:
         from ..chem import draw_grid
