@@ -98,7 +98,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 def load_all() -> None:
     """Import the modules that register entries (idempotent; keeps package import light)."""
-    from . import latents, regularizers, samplers, selfies_codec  # noqa: F401  (selfies is imported lazily inside)
+    from . import latents, regularizers, samplers, samplers_learned, selfies_codec  # noqa: F401  (selfies is imported lazily inside)
     from .models import sequence  # noqa: F401
     from .domains import molecules, expressions  # noqa: F401
 
