@@ -113,3 +113,59 @@ def compare_samplers(codes: Tensor, names: tuple[str, ...] = ("gmm", "two_stage"
         seconds[name] = round(time.monotonic() - t0, 1)
     return {"loglik_per_dim": heldout_log_likelihood(fitted, held), "fit_seconds": seconds,
             "n_fit": len(fit), "n_heldout": len(held), "samplers": fitted}
+
+
+# --- the `fit-sampler` subcommand ------------------------------------------------------------
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["steps=500", "kind='maf'"]`` -> {"steps": 500, "kind": "maf"} (values as Python literals)."""
+    import ast
+
+    from .errors import UsageError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set steps=500")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare word such as maf
+    return out
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("--run", required=True, help="run directory (with checkpoint.pt)")
+    p.add_argument("--sampler", required=True, help="sampler to fit, e.g. two_stage, flow, wgan")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler option, e.g. --set steps=500 --set kind=maf (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="fitting seed (default: the run's training seed)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (encoding the training codes)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+
+
+def run_fit_sampler(args: Any) -> int:
+    from .cli import choose_device, set_threads
+    from .config import ConfigError
+
+    set_threads(args.threads)
+    options = _parse_options(args.set)
+    try:  # a bad option name or value: one line, before the run is loaded
+        build_sampler(args.sampler, **options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"sampler {args.sampler!r}: {err}") from None
+    sampler = fit_sampler(Path(args.run), args.sampler, choose_device(args.device), seed=args.seed,
+                          options=options, progress=not args.quiet)
+    print(f"fitted sampler {sampler.name} on run {args.run}; use --sampler {sampler.name} with sample / evaluate")
+    return 0
+
+
+def _register_command() -> None:
+    from . import cli
+
+    cli.COMMANDS["fit-sampler"] = ("fit an ex-post sampler (e.g. two_stage, flow, wgan) to a finished run's "
+                                   "training codes and store it in its checkpoint", add_arguments, run_fit_sampler)
+
+
+_register_command()

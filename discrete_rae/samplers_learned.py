@@ -126,6 +126,8 @@ class LearnedSampler(Sampler):
 
     def _train_loop(self, train: Tensor, val: Tensor, gen: torch.Generator) -> None:
         o = self.options
+        log.info("%s: training on %d codes of dim %d (%d held out), up to %d steps", self.name, len(train),
+                 self.dim, len(val), o["steps"])
         best, best_state, best_step, bad, t0 = math.inf, None, 0, 0, time.monotonic()
         step = 0
         for step in range(1, o["steps"] + 1):

@@ -202,5 +202,11 @@ def test_fit_sampler_adds_one_to_a_finished_run(tmp_path):
     assert {"flow", "gmm"} <= set(loaded.samplers)
     a = loaded.samplers["flow"].sample(5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, fitted.sample(5, generator=torch.Generator().manual_seed(0)))
+    # the same through the command line, then sampling from it
+    assert main(["fit-sampler", "--run", str(run_dir), "--sampler", "two_stage", "--set", "steps=40",
+                 "--set", "hidden=32", "-q"]) == 0
+    assert "two_stage" in load_run(run_dir, torch.device("cpu")).samplers
+    assert main(["sample", "--run", str(run_dir), "--sampler", "two_stage", "--n", "5", "-q"]) == 0
+    assert main(["fit-sampler", "--run", str(run_dir), "--sampler", "flow", "--set", "kind=rnvp", "-q"]) == 2
     torch.load(run_dir / "checkpoint.pt", weights_only=True)  # still plain data
     load_run_checkpoint(run_dir / "checkpoint.pt")  # and its digest matches
