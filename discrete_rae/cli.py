@@ -33,7 +33,7 @@ EXIT_NONFINITE = 3
 # table so that `compare`, `optimize`, ... register without editing the parser code.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 # Modules whose import adds their subcommand to COMMANDS (their heavy imports, e.g. botorch, are lazy).
-COMMAND_MODULES = ("discrete_rae.optimize", "discrete_rae.interpolate", "discrete_rae.samplers_fit")
+COMMAND_MODULES = ("discrete_rae.optimize", "discrete_rae.interpolate")
 
 
 from .errors import UsageError  # noqa: E402  (re-exported: commands raise cli.UsageError)
