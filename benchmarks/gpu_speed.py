@@ -35,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discrete_rae.cli import (_peek, choose_device, choose_precision, resolve_run_config, set_threads,  # noqa: E402
-                              train_parser)
+from discrete_rae.commands.train import parse_args, run_config_from_args  # noqa: E402
 from discrete_rae.pipeline import DECODING_OPTIONS, build_model  # noqa: E402
 from discrete_rae.registry import DOMAINS  # noqa: E402
+from discrete_rae.runtime import choose_device, choose_precision, set_threads  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -48,10 +48,9 @@ def _sync(device: torch.device) -> None:
 
 def setup(train_argv: list[str]) -> tuple[Any, Any, torch.nn.Module, torch.device, torch.dtype | None]:
     """(run config, prepared data, model on the device, device, autocast dtype) from train.py flags."""
-    peek = _peek(train_argv)
-    args = train_parser(peek.model, peek.domain).parse_args(train_argv)
+    args = parse_args(train_argv)
     set_threads(args.threads)
-    run = resolve_run_config(args)
+    run = run_config_from_args(args)
     device = choose_device(args.device)
     amp = choose_precision(args.precision, device)
     prepared = DOMAINS.get(run.domain).prepare(run, progress=False)

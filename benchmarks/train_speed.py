@@ -23,17 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discrete_rae.cli import _peek, choose_device, resolve_run_config, set_threads, train_parser  # noqa: E402
+from discrete_rae.commands.train import parse_args, run_config_from_args  # noqa: E402
 from discrete_rae.pipeline import build_model  # noqa: E402
 from discrete_rae.registry import DOMAINS  # noqa: E402
+from discrete_rae.runtime import choose_device, set_threads  # noqa: E402
 
 
 def samples_per_second(argv: list[str], steps: int, warmup: int) -> tuple[float, str]:
     """Time ``steps`` training steps of the configuration given by train.py flags ``argv``."""
-    peek = _peek(argv)
-    args = train_parser(peek.model, peek.domain).parse_args(argv)
+    args = parse_args(argv)
     set_threads(args.threads)
-    run = resolve_run_config(args)
+    run = run_config_from_args(args)
     device = choose_device(args.device)
     prepared = DOMAINS.get(run.domain).prepare(run, progress=False)
     torch.manual_seed(0)

@@ -21,11 +21,12 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .io import atomic_write, sha256_text, with_path, write_text  # noqa: F401  (write_text re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -39,75 +40,33 @@ REQUIRED_KEYS: dict[str, type] = {"domain": str, "model_name": str, "config": di
 _CONFIG_SECTIONS = ("model", "train", "data", "eval")
 
 
-class CheckpointError(ValueError):
-    """A missing, truncated, corrupted or incompatible checkpoint."""
+from .errors import CheckpointError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the previous checkpoint or the new one, never a mix.
+    A crash at any moment leaves either the previous checkpoint or the new one, never a mix
+    (:func:`discrete_rae.io.atomic_write`, durable: the folder is fsynced too). An OSError
+    names ``path`` (a full disk reports ENOSPC without a file name).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise with_path(err, path) from None
     body = {"format_version": FORMAT_VERSION, **payload}
     body.pop(_DIGEST_KEY, None)
     body[_DIGEST_KEY] = content_digest(body)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise with_path(err, path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(body, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise with_path(err, path) from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def with_path(err: OSError, path: Path) -> OSError:
-    """``err`` with ``path`` as its file name where the OS did not say which file failed
-    (a full disk reports ENOSPC without one), so the command line can name it."""
-    if getattr(err, "filename", None) is not None:
-        return err
-    cause = err.strerror or (str(err) if str(err) else type(err).__name__)
-    return type(err)(err.errno, cause, str(path)) if err.errno is not None else OSError(None, cause, str(path))
-
-
-def write_text(path: Path, text: str) -> None:
-    """``path.write_text(text)`` whose OSError always names ``path`` (see :func:`with_path`)."""
-    try:
-        Path(path).write_text(text)
-    except OSError as err:
-        raise with_path(err, Path(path)) from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda fh: torch.save(body, fh), durable=True)
 
 
 def remove_stale_temporaries(path: Path) -> int:
-    """Delete ``path.name.*.tmp`` files left by a process killed inside :func:`save_atomic`."""
+    """Delete ``.path.name.*.tmp`` files (``path.name.*.tmp`` from older versions) left by a process
+    killed inside :func:`save_atomic`."""
     path = Path(path)
     removed = 0
-    for tmp in path.parent.glob(path.name + ".*.tmp"):
+    for tmp in [*path.parent.glob("." + path.name + ".*.tmp"), *path.parent.glob(path.name + ".*.tmp")]:
         try:
             tmp.unlink()
             removed += 1
@@ -150,7 +109,7 @@ def _feed(h: Any, obj: Any) -> None:
 
 def codec_fingerprint(state: dict[str, Any]) -> str:
     """sha256 of a codec's ``state_dict()`` (grammar text, alphabet, lengths)."""
-    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_text(json.dumps(state, sort_keys=True, default=str))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

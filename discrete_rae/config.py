@@ -32,8 +32,7 @@ from typing import Any, Callable
 from .registry import LATENTS, REGULARIZERS, SAMPLERS
 
 
-class ConfigError(ValueError):
-    """A bad configuration value or file; the message names the key and the problem."""
+from .errors import ConfigError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 def option(default: Any, help: str, **rules: Any) -> Any:  # noqa: A002 - argparse's word

@@ -90,8 +90,7 @@ _FIRST_TIER = 4  # greedy CPU decoding: candidates read for every row before the
 _INF = 10**12  # "no finite derivation" in minimal-length computations
 
 
-class GrammarError(ValueError):
-    """A string cannot be tokenized or parsed, or a derivation is invalid or too long."""
+from .errors import GrammarError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 def _short(text: str, limit: int = 120) -> str:

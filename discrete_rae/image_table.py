@@ -1,4 +1,4 @@
-"""``python -m discrete_rae image-table``: the RAE paper's image comparison on one data set.
+"""The image table behind ``python -m discrete_rae image-table``: the RAE paper's image comparison on one data set.
 
 Trains the image models (default: vae, rae, rae_l2, rae_gp, rae_sn, ae) with the same preset,
 seed and budget into ``RUNS/image-table-DATASET/MODEL`` (a finished run whose resolved config
@@ -15,68 +15,61 @@ samples. Lower Fréchet is better; the "data floor" in the notes is training vs 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cli
-from .rundir import check_run_name
 from .config import to_toml
+from .errors import UsageError
+from .runconfig import resolve_run_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("vae", "rae", "rae_l2", "rae_gp", "rae_sn", "ae")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="digits (default) | mnist | fashion_mnist | cifar10 | celeba")
-    p.add_argument("--preset", default="quick", help="smoke | quick (default) | paper")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated image models (default: all six)")
-    p.add_argument("--seed", type=int, default=0, help="training seed shared by every model (default 0)")
-    p.add_argument("--runs-dir", default="runs", help="parent of image-table-DATASET (default: runs)")
-    p.add_argument("--data-dir", default="", help="data directory (default: the toolkit's)")
-    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
-    p.add_argument("--inception", action="store_true",
-                   help="also report Inception FID where pytorch_fid and its weights are available (else skipped)")
-    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16")
-    cli._add_common(p)
+@dataclass(frozen=True)
+class TableSpec:
+    """What every row shares: data set, preset, training seed, data directory."""
+
+    dataset: str = "digits"
+    preset: str = "quick"
+    seed: int = 0
+    data_dir: str = ""
 
 
-def table_run_config(model: str, args: argparse.Namespace) -> Any:
-    """The resolved RunConfig of one row: model defaults < preset < --dataset/--seed/--data-dir."""
-    flags = {"domain": "images", "model": model, "preset": args.preset, "config": None,
-             "data.dataset": args.dataset, "train.seed": str(args.seed)}
-    if args.data_dir:
-        flags["data.data_dir"] = args.data_dir
-    return cli.resolve_run_config(argparse.Namespace(**flags))
+def table_run_config(model: str, spec: TableSpec) -> Any:
+    """The resolved RunConfig of one row: model defaults < preset < dataset/seed/data directory."""
+    data = {"dataset": spec.dataset, **({"data_dir": spec.data_dir} if spec.data_dir else {})}
+    return resolve_run_config("images", model, spec.preset, None, {"data": data, "train": {"seed": spec.seed}})
 
 
-def train_or_reuse(model: str, args: argparse.Namespace, table_dir: Path, device: Any, amp: Any) -> dict[str, Any]:
+def train_or_reuse(model: str, spec: TableSpec, table_dir: Path, device: Any, amp: Any, retrain: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
     """Train one row, or reuse (finished) / resume (interrupted) a run with the same resolved config."""
     from .pipeline import train_run
 
-    run = table_run_config(model, args)
+    run = table_run_config(model, spec)
     run_dir = table_dir / model
     saved = run_dir / "config.toml"
-    same_config = not args.retrain and saved.is_file() and saved.read_text() == to_toml(run.sections())
+    same_config = not retrain and saved.is_file() and saved.read_text() == to_toml(run.sections())
     if same_config and (run_dir / "metrics.json").is_file():
         log.info("%s: reusing the finished run %s", model, run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
     resume = same_config and (run_dir / "checkpoint.pt").is_file()
-    if not args.retrain and saved.is_file() and not same_config and (run_dir / "checkpoint.pt").is_file():
+    if not retrain and saved.is_file() and not same_config and (run_dir / "checkpoint.pt").is_file():
         # a trained row with other settings is the user's result: never delete it unasked
-        raise cli.UsageError(f"image-table row {model!r} ({run_dir}) was trained with other settings "
+        raise UsageError(f"image-table row {model!r} ({run_dir}) was trained with other settings "
                              f"({config_differences(saved, run.sections())}); use --retrain to replace it, "
                              "or another --runs-dir")
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     log.info("%s: %s %s", model, "resuming" if resume else "training", run_dir)
-    return train_run(run, run_dir, device, amp, resume=resume, progress=not args.quiet)
+    return train_run(run, run_dir, device, amp, resume=resume, progress=progress)
 
 
 def config_differences(saved: Path, sections: dict[str, Any], limit: int = 6) -> str:
@@ -111,7 +104,7 @@ def _pr(m: dict[str, Any], sampler: str) -> str:
     return f"{_fmt(m.get(f'precision_{sampler}'))} / {_fmt(m.get(f'recall_{sampler}'))}"
 
 
-def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float,
+def format_table(rows: list[dict[str, Any]], spec: TableSpec, seconds: float,
                  inception: dict[str, Any] | None = None) -> str:
     """The markdown table (one row per model) with its notes."""
     head = ["model", "recon MSE", "Fréchet N(0,I)", "Fréchet Gaussian", "Fréchet GMM", "Fréchet interp.",
@@ -130,7 +123,7 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {}
     notes = [
-        f"Data set {args.dataset}, preset {args.preset}, seed {args.seed}, the same epochs / early stopping / "
+        f"Data set {spec.dataset}, preset {spec.preset}, seed {spec.seed}, the same epochs / early stopping / "
         f"time budget for every model; {first.get('n_samples', '-')} samples per sampler against "
         f"{first.get('n_reference', '-')} test images.",
         "Fréchet = Fréchet distance in the feature space of the toolkit's own classifier for this data set "
@@ -145,7 +138,7 @@ def format_table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
                      "budget as the other rows (a busy CPU; try --threads 1 or a GPU).")
     if inception and inception.get("_skipped"):
         notes.append(f"Inception FID skipped: {inception['_skipped']}")
-    title = f"# Image models on {args.dataset} ({args.preset})"
+    title = f"# Image models on {spec.dataset} ({spec.preset})"
     return "\n".join([title, "", *lines, "", *[f"- {n}" for n in notes]]) + "\n"
 
 
@@ -172,29 +165,3 @@ def inception_scores(models: list[str], table_dir: Path, device: Any, n: int) ->
         out[model] = {name: frechet(real, features(domain.decode(
             loaded.model, loaded.samplers[name].sample(n, generator=gen), device))) for name in ("prior", "gmm")}
     return out
-
-
-def run_image_table(args: argparse.Namespace) -> int:
-    from .registry import MODELS
-
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for name in models:
-        if "images" not in MODELS.get(name).domains:
-            raise cli.UsageError(f"model {name!r} does not run on images")
-    cli.set_threads(args.threads)
-    device = cli.choose_device(args.device)
-    amp = cli.choose_precision(args.precision, device)
-    table_dir = Path(args.runs_dir) / check_run_name(f"image-table-{args.dataset}", "--dataset")
-    t0 = time.monotonic()
-    rows = [{**train_or_reuse(name, args, table_dir, device, amp), "model": name} for name in models]
-    inception = inception_scores(models, table_dir, device, rows[0].get("n_samples", 1000)) if args.inception else None
-    text = format_table(rows, args, time.monotonic() - t0, inception)
-    table_dir.mkdir(parents=True, exist_ok=True)
-    (table_dir / "table.md").write_text(text)
-    print(text)
-    print(f"table written to {table_dir / 'table.md'}")
-    return 0
-
-
-cli.COMMANDS["image-table"] = ("train the six image models on one data set and tabulate them",
-                               add_arguments, run_image_table)

@@ -94,8 +94,10 @@ class AutoEncoder(nn.Module):
         latent_term = self.latent.penalty(lat, step)
         reg = (self.regularizer.penalty(lat.z, self.likelihood.mean(out, x))
                if self.regularizer.needs_penalty and self.training else rec.new_zeros(()))
+        # Likelihoods with learned parameters (e.g. the pixel variance) report them for the log.
+        extra = self.likelihood.logged_terms() if hasattr(self.likelihood, "logged_terms") else {}
         return {"loss": rec + latent_term + reg, "rec": rec.detach(), "latent": latent_term.detach(),
-                "reg": reg.detach()}
+                "reg": reg.detach(), **extra}
 
     def configure_optimizer(self, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
         """AdamW whose parameter groups carry the decoder regulariser's weight decay (L2)."""

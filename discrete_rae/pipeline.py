@@ -11,7 +11,6 @@ Run directory layout (``runs/NAME``):
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -21,15 +20,18 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .checkpoint import CheckpointError, codec_fingerprint, load_run_checkpoint, save_atomic, write_text
+from .catalog import load_all
+from .checkpoint import CheckpointError, codec_fingerprint, load_run_checkpoint, save_atomic
 from .codecs import codec_from_state
-from .config import ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, to_dict, to_toml
+from .config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict, to_toml
 from .data.errors import DataError, check_split_sizes, describe_drops
-from .registry import DOMAINS, MODELS, SAMPLERS, load_all
+from .io import write_json, write_text
+from .registry import DOMAINS, MODELS, SAMPLERS
+from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
 from .resume import reopen, resume_history
 from .samplers import Sampler, build_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +109,6 @@ def checkpoint_payload(run: RunConfig, codec: Any, meta: dict[str, Any],
             "samplers": {k: s.state_dict() for k, s in (samplers or {}).items()}}
 
 
-def run_config_from_checkpoint(ckpt: dict[str, Any]) -> RunConfig:
-    load_all()
-    spec = MODELS.get(ckpt["model_name"])
-    cfg = ckpt["config"]
-    return RunConfig(domain=ckpt["domain"], model_name=ckpt["model_name"],
-                     model=from_dict(type(spec.config_for(ckpt["domain"])), cfg["model"]), train=from_dict(TrainConfig, cfg["train"]),
-                     data=from_dict(DataConfig, cfg["data"]), eval=from_dict(EvalConfig, cfg["eval"]),
-                     preset=ckpt.get("preset", ""))
-
-
 def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
               resume: bool = False, dist: DistInfo | None = None, progress: bool = True,
               evaluate: bool = True) -> dict[str, Any]:
@@ -155,8 +147,8 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.toml", to_toml(run.sections()))
-        write_text(run_dir / "run.json", json.dumps({"domain": run.domain, "model": run.model_name,
-                                                     "preset": run.preset, **meta}, indent=2, default=str))
+        write_json(run_dir / "run.json", {"domain": run.domain, "model": run.model_name, "preset": run.preset, **meta},
+                   default=str)
     state = trainer.fit(prepared.train, prepared.val)
     train_seconds = state.seconds
     if not dist.is_main:
@@ -171,7 +163,7 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     metrics.update({"train_seconds": round(train_seconds, 1), "prepare_seconds": round(prep_seconds, 1),
                     "epochs": state.epoch, "steps": state.step, "stopped": state.stopped or "epochs done",
                     "best_val_loss": state.best_val})
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(run_dir / "metrics.json", metrics, default=float)
     return metrics
 
 

@@ -2,6 +2,9 @@
 
 Every pluggable piece (models, samplers, decoder regularisers, domains) is looked up by
 name here, so adding a model is one decorated function and never an if/elif chain.
+
+A leaf: it imports no plugin (that would make the registry and its plugins import each
+other). :mod:`discrete_rae.catalog` imports every plugin so that the registries fill.
 """
 
 from __future__ import annotations
@@ -12,11 +15,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
-        return str(self.args[0])
+from .errors import UnknownNameError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 class Registry(Generic[T]):
@@ -94,18 +93,3 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     """Add a :class:`ModelSpec` to :data:`MODELS`."""
     MODELS.register(spec.name, spec)
     return spec
-
-
-def load_all() -> None:
-    """Import the modules that register entries (idempotent; keeps package import light)."""
-    from . import latents, regularizers, samplers, samplers_learned, selfies_codec  # noqa: F401  (selfies is imported lazily inside)
-    from .models import sequence  # noqa: F401
-    from .domains import molecules, expressions  # noqa: F401
-
-    for optional in ("discrete_rae.models.images", "discrete_rae.domains.images",
-                     "discrete_rae.models.discrete"):
-        try:
-            __import__(optional)
-        except ModuleNotFoundError as err:  # a family that has not landed yet
-            if err.name != optional:
-                raise

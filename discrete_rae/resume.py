@@ -32,6 +32,7 @@ from typing import Any
 
 from .checkpoint import load_run_checkpoint
 from .config import ConfigError, RunConfig, collect_flags, load_toml, replace, to_dict
+from .runconfig import run_config_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
     and for ``--epochs`` beyond the epochs done when the run's stop (time budget, early stopping)
     still holds.
     """
-    from .pipeline import run_config_from_checkpoint
-
     ckpt = load_run_checkpoint(Path(run_dir) / "checkpoint.pt")
     run = run_config_from_checkpoint(ckpt)
     _check_identity(run, args)

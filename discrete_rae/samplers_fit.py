@@ -46,7 +46,7 @@ def fit_sampler(run_dir: Path, name: str, device: torch.device | None = None, se
     ``run_dir/checkpoint.pt`` under ``samplers[name]`` (replacing one of that name).
     ``seed`` defaults to the run's training seed. Returns the fitted sampler.
     """
-    from .config import ConfigError
+    from .errors import ConfigError
     from .pipeline import load_run
 
     device = device or torch.device("cpu")

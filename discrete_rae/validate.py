@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 from .config import RunConfig, choice_names, field_rules, flag_name
 from .errors import UsageError
-from .registry import DOMAINS, LATENTS, MODELS, SAMPLERS, load_all
+from .catalog import load_all
+from .registry import DOMAINS, LATENTS, MODELS, SAMPLERS
 
 # How the components named in ``applies`` rules read in messages.
 COMPONENT_WORDS = {"latent": "latent", "codec": "codec", "encoder": "encoder", "decoder": "decoder",

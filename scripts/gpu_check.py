@@ -94,8 +94,9 @@ for name in ("discrete_rae", "rdkit", "nltk", "selfies", "tqdm", "sklearn", "num
         out[name] = getattr(mod, "__version__", "?")
     except ImportError as err:
         missing.append(f"{name} ({err})")
+import discrete_rae.catalog as catalog
 import discrete_rae.registry as reg
-reg.load_all()
+catalog.load_all()
 out["models"] = len(reg.MODELS.names())
 out["missing"] = missing
 print(json.dumps(out))

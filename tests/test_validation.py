@@ -7,7 +7,6 @@ fails the test, so a value that slips through is caught at once instead of train
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from pathlib import Path
@@ -15,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from discrete_rae import pipeline
-from discrete_rae.cli import _peek, default_model, main, resolve_run_config, train_parser
+from discrete_rae.catalog import load_all
+from discrete_rae.cli import main
+from discrete_rae.commands.train import parse_args, run_config_from_args
 from discrete_rae.config import (DataConfig, EvalConfig, RunConfig, TrainConfig, choice_names, field_rules,
                                  to_toml)
 from discrete_rae.errors import UsageError
-from discrete_rae.registry import DOMAINS, LATENTS, MODELS, REGULARIZERS, SAMPLERS, load_all
+from discrete_rae.registry import DOMAINS, LATENTS, MODELS, REGULARIZERS, SAMPLERS
+from discrete_rae.runconfig import resolve_run_config
 from discrete_rae.validate import COMPONENT_WORDS, validate_run
 
 load_all()
@@ -52,9 +54,7 @@ def _usage_error(tmp_path: Path, capsys, *extra: str) -> str:
 def _resolve(*argv: str, config: Path | None = None) -> RunConfig:
     """The RunConfig that `train` would resolve from ``argv`` (no training)."""
     argv = ["--preset", "smoke", *argv, *(["--config", str(config)] if config else [])]
-    peek = _peek(argv)
-    args = train_parser(peek.model or default_model(peek.domain), peek.domain).parse_args(argv)
-    return resolve_run_config(args)
+    return run_config_from_args(parse_args(argv))
 
 
 # --- unknown names: one per registry / declared choice list ----------------------------------------
@@ -269,11 +269,9 @@ def test_every_registered_model_and_preset_passes_validation(preset):
             validate_run(_resolve("--model", name, "--domain", domain, "--preset", preset))
 
 
-def test_namespace_without_parser_still_resolves():
-    """compare / image-table build their Namespace by hand; the resolution must not need the parser."""
-    ns = argparse.Namespace(domain="expressions", model="grammar_rae", preset="smoke", config=None,
-                            **{"train.lr": "0.01"})
-    run = resolve_run_config(ns)
+def test_plain_data_resolves_without_a_parser():
+    """compare / image-table resolve from plain data; the resolution must not need the parser."""
+    run = resolve_run_config("expressions", "grammar_rae", "smoke", None, {"train": {"lr": "0.01"}})
     assert run.train.lr == 0.01 and run.explicit["train"] == {"lr": "--lr"}
 
 

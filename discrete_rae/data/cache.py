@@ -19,11 +19,9 @@ stored one-hot or as floats.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -127,19 +127,7 @@ def _safe_name(name: str) -> str:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    from .molecules import _open_temp_beside
-
-    fh, tmp = _open_temp_beside(path)
-    try:
-        with fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def _lengths_dtype(max_length: int) -> type:

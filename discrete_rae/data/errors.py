@@ -21,15 +21,7 @@ __all__ = ["DataError", "LoadReport", "MAX_EXAMPLES", "MIN_TRAIN", "MIN_VAL", "d
 MAX_EXAMPLES = 5
 
 
-class DataError(ValueError):
-    """An input data source is missing, unreadable or holds no usable record.
-
-    The message always names the input (a path or a data set name) and what is
-    wrong with it, on a single line (newlines passed in are folded into spaces).
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+from ..errors import DataError  # noqa: E402,F401  (defined with the other user errors; re-exported)
 
 
 def _clip(text: str, limit: int = 80) -> str:

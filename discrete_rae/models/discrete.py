@@ -27,8 +27,8 @@ against about 1 for the others). L2 1e-2 with the logit penalty had the best sam
 equal reconstruction; the gaps between L2, GP and no regulariser are within the spread of one
 training seed (a few FID points), SN is clearly worse.
 
-Importing this module also registers the ``gumbel`` / ``categorical`` latents, the discrete
-samplers and the ``compare`` command.
+Importing this module also registers the ``gumbel`` / ``categorical`` latents and the discrete
+samplers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .. import compare  # noqa: F401  (registers the `compare` command)
 from .. import latents_discrete  # noqa: F401  (registers the gumbel / categorical latents)
 from .. import samplers_discrete  # noqa: F401  (registers the discrete samplers)
 from ..registry import ModelSpec, register_model

@@ -13,11 +13,24 @@ Likelihood (``likelihood`` field), with mu = sigmoid(decoder logits) in [0, 1]:
   official RAE code uses the per-pixel *mean* instead, so its beta/lambda values do not carry
   over (REFERENCE §1). Summing keeps the VAE's KL and the reconstruction on the same (nats per
   image) scale.
+- ``gaussian_learned``: p(x|z) = N(x; mu, gamma I) with one scalar variance gamma = exp(log_gamma)
+  learned with the network (Dai & Wipf 2019, "Diagnosing and enhancing VAE models"):
+  nll[b] = ||x - mu||^2 / (2 gamma) + (D/2) log(2 pi gamma), D = C*H*W. Here the constant is
+  kept: the log-term is what stops gamma from growing without bound, and without it the
+  optimum gamma = ||x - mu||^2 / D (the mean squared error per pixel) would not be reached.
+  log_gamma starts at ``log_gamma_init`` (0: gamma = 1) and is logged per epoch as
+  ``log_gamma``. It is stored as log_gamma / GAMMA_STEP_SCALE: Adam moves a parameter by about
+  lr per step whatever its gradient's size, so at lr 1e-3 a plain log_gamma would need ~4,000
+  steps to reach a typical log MSE of -4; the scale (10) makes that ~400 steps. As
+  reconstructions improve log_gamma falls; as reconstructions improve it falls, which raises the weight of the
+  reconstruction against the latent penalty (for a VAE: sharper decoder, fewer unused units).
+  The nll may be negative; its values are not comparable with the other two likelihoods'.
 - ``bernoulli``: nll[b] = sum BCE(logits, x), for binarised images (also accepts grey values).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +45,9 @@ from ..nn.images import ConvImageDecoder, ConvImageEncoder, as_float_images
 from ..registry import ModelSpec, register_model
 from ..regularizers import build_regularizer
 
-PIXEL_LIKELIHOODS = ("gaussian", "bernoulli")
+PIXEL_LIKELIHOODS = ("gaussian", "gaussian_learned", "bernoulli")
+#: log gamma = GAMMA_STEP_SCALE * the stored parameter: a faster Adam step on it (module docstring).
+GAMMA_STEP_SCALE = 10.0
 
 
 @dataclass
@@ -40,8 +55,9 @@ class ImageModelConfig(LatentConfig):
     """Conv image autoencoder.
 
     channels: widths of the stride-2 stages (paper 128, 256, 512, 1024; only as many as the
-    image size allows are used). likelihood: gaussian | bernoulli; pixel_sigma: the Gaussian's
-    fixed standard deviation. batch_norm: BatchNorm after each (transposed) conv.
+    image size allows are used). likelihood: gaussian | gaussian_learned | bernoulli;
+    pixel_sigma: the fixed Gaussian's standard deviation; log_gamma_init: the learned Gaussian's
+    starting log variance. batch_norm: BatchNorm after each (transposed) conv.
     """
 
     latent_dim: int = 16
@@ -50,6 +66,8 @@ class ImageModelConfig(LatentConfig):
     likelihood: str = option("gaussian", "pixel likelihood", choices=PIXEL_LIKELIHOODS, kind="pixel likelihood")
     pixel_sigma: float = option(0.1, "standard deviation of the Gaussian pixel likelihood", gt=0,
                                 applies={"likelihood": ("gaussian",)})
+    log_gamma_init: float = option(0.0, "initial log variance of the learned-variance Gaussian (0: gamma = 1)",
+                                   ge=-10.0, le=5.0, applies={"likelihood": ("gaussian_learned",)})
     batch_norm: bool = option(True, "BatchNorm after each (transposed) conv (true/false)")
 
 
@@ -59,23 +77,47 @@ class PixelLikelihood(nn.Module):
     output: logits [B, C, H, W]; x: images [B, C, H, W] (float [0, 1] or uint8).
     """
 
-    def __init__(self, kind: str = "gaussian", sigma: float = 0.1) -> None:
+    def __init__(self, kind: str = "gaussian", sigma: float = 0.1, log_gamma_init: float = 0.0) -> None:
         super().__init__()
         if kind not in PIXEL_LIKELIHOODS:
             raise ValueError(f"unknown pixel likelihood {kind!r}; choose one of: {', '.join(PIXEL_LIKELIHOODS)}")
         if kind == "gaussian" and sigma <= 0:
             raise ValueError(f"pixel_sigma must be positive, got {sigma}")
         self.kind, self.sigma = kind, float(sigma)
+        # Only the learned Gaussian owns a parameter, so the other kinds' state dicts are unchanged.
+        self.log_gamma_raw = (nn.Parameter(torch.tensor(float(log_gamma_init) / GAMMA_STEP_SCALE))
+                              if kind == "gaussian_learned" else None)
+
+    @property
+    def log_gamma(self) -> Tensor | None:
+        """log gamma (scalar) of the learned Gaussian, None for the other likelihoods."""
+        return None if self.log_gamma_raw is None else self.log_gamma_raw * GAMMA_STEP_SCALE
 
     def nll(self, output: Tensor, x: Tensor) -> Tensor:
-        """[B] nats per image (up to the dropped Gaussian constant)."""
+        """[B] nats per image (the fixed Gaussian drops its constant; the learned one keeps it)."""
         x = as_float_images(x)
         logits = output.float()
         if self.kind == "bernoulli":
             per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        elif self.log_gamma_raw is not None:
+            return self.learned_gaussian_nll(torch.sigmoid(logits), x, self.log_gamma)
         else:
             per_pixel = (x - torch.sigmoid(logits)).pow(2) / (2.0 * self.sigma ** 2)
         return per_pixel.flatten(1).sum(-1)
+
+    @staticmethod
+    def learned_gaussian_nll(mu: Tensor, x: Tensor, log_gamma: Tensor) -> Tensor:
+        """||x - mu||^2 / (2 gamma) + (D/2) log(2 pi gamma) per image [B]; mu, x [B, C, H, W]."""
+        sq = (x - mu).pow(2).flatten(1).sum(-1)
+        d = x[0].numel()
+        return 0.5 * sq * torch.exp(-log_gamma) + 0.5 * d * (math.log(2.0 * math.pi) + log_gamma)
+
+    def logged_terms(self) -> dict[str, Tensor]:
+        """Extra scalars for the training log: ``log_gamma`` of the learned Gaussian, else none.
+
+        A copy: the optimiser step that follows would otherwise change the logged value in place.
+        """
+        return {} if self.log_gamma_raw is None else {"log_gamma": self.log_gamma.detach().clone()}
 
     def mean(self, output: Tensor, x: Tensor | None = None) -> Tensor:
         """Decoder mean image mu = sigmoid(logits) [B, C, H, W] (the gradient penalty's D(z))."""
@@ -92,7 +134,7 @@ def build_image_model(cfg: ImageModelConfig, codec: Any) -> AutoEncoder:
     encoder = ConvImageEncoder(shape, cfg.channels, cfg.batch_norm)
     latent = build_latent(cfg, encoder.out_dim)
     decoder = ConvImageDecoder(latent.code_dim, shape, cfg.channels, cfg.batch_norm)
-    return AutoEncoder(encoder, latent, decoder, PixelLikelihood(cfg.likelihood, cfg.pixel_sigma),
+    return AutoEncoder(encoder, latent, decoder, PixelLikelihood(cfg.likelihood, cfg.pixel_sigma, cfg.log_gamma_init),
                        build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)
 
 
