@@ -75,12 +75,18 @@ def build_model(run: RunConfig, codec: Any) -> torch.nn.Module:
 
 def fit_samplers(model: torch.nn.Module, domain: Any, train: torch.Tensor, run: RunConfig,
                  device: torch.device) -> dict[str, Sampler]:
-    """Fit every registered sampler that suits the latent type to the training codes."""
+    """Fit every registered sampler that suits the latent type to the training codes.
+
+    Samplers with ``auto_fit = False`` (the trained ones of samplers_learned.py) are fitted only
+    when ``run.eval.sampler`` names them; ``samplers_fit.fit_sampler`` adds one to a finished run.
+    """
     codes = domain.encode(model, train, device)
     discrete = bool(getattr(model.latent, "discrete", False))
     samplers: dict[str, Sampler] = {}
     for name, cls in SAMPLERS.items():
         if getattr(cls, "discrete", False) != discrete:
+            continue
+        if not getattr(cls, "auto_fit", True) and name != run.eval.sampler:
             continue
         options = {"k": run.eval.gmm_k} if name == "gmm" else {}
         if discrete:
