@@ -245,14 +245,6 @@ class RingClosureState:
         used = self._nt_ring[top] + (self.pending & (top == self._digit_nt)).long()
         return self.cap - used
 
-    # Minimal version added with beam search; a fuller one may replace it.
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows ``index`` [B'] of the ring bookkeeping and of the wrapped grammar state."""
-        index = index.to(device=self.open.device, dtype=torch.long)
-        for name in ("open", "here", "cap", "pending"):
-            setattr(self, name, getattr(self, name).index_select(0, index))
-        self.state.reorder(index)
-
     def push(self, rule_ids: Tensor, check: bool = True) -> None:
         rule = rule_ids.to(device=self.open.device, dtype=torch.long).reshape(-1)
         top = self.state.top()
