@@ -2,7 +2,7 @@
 
 A perfect generator cannot beat the training data itself, so these figures are the floor/ceiling
 of every metric: valid 1, unique ~1, Novelty 0, Filters ~1, FCD/Test ~0.05 at N = 30,000
-(REFERENCE §3; FCD has a strong finite-sample bias: ~1.25 at N = 1,000).  The sample is a seeded
+(docs/REFERENCE.md §3; FCD has a strong finite-sample bias: ~1.25 at N = 1,000).  The sample is a seeded
 random subset of the whole training file (the file is sorted, so its head is not representative).
 
 Usage::

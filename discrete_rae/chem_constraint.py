@@ -10,7 +10,7 @@ Dai et al. 2018, written for the compact grammar's derivation order):
   ``C1C1``), exceeds no valence and does not contradict the order written at the ring's opening;
 - a further ring bond, branch or chain continuation only where valence remains;
 - no two-digit ring labels (``%nn``: not tracked), no charges beyond +-1, and, for Kekule data,
-  no aromatic atoms (aromaticity cannot be checked atom by atom, REFERENCE-style Kekule SMILES
+  no aromatic atoms (aromaticity cannot be checked atom by atom, docs/REFERENCE.md §6; Kekule SMILES
   need none). Finishing with a ring open is already blocked by the ring mask.
 
 What is known when (compact grammar, verified on its rules): the rule that expands

@@ -4,7 +4,7 @@ Both map encoder features ``h`` [B, H] to logits [B, N, K] of N categorical vari
 classes each (default 30 x 10) and hand the decoder a flattened code z [B, N*K]. ``code`` is
 always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluation decodes).
 
-``gumbel`` (Jang, Gu & Poole 2017, REFERENCE §4)
+``gumbel`` (Jang, Gu & Poole 2017, docs/REFERENCE.md §4)
     q(y_n | x) = Cat(softmax(l_n)). In training z_n = softmax((l_n + g_n) / tau) with
     g_n ~ Gumbel(0, 1) i.i.d. (our own float32 sampler, below); with ``straight_through`` the
     forward value is one_hot(argmax z_n) and the gradient is the relaxed sample's. At evaluation
@@ -12,7 +12,7 @@ always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluatio
     batch, with KL(q || U) = sum_k q_k log q_k + log K and beta_t linearly annealed from 0 to
     beta over ``kl_anneal_steps`` (0 = no annealing).
 
-``categorical`` (the discrete RAE; REFERENCE §4 gives the reading)
+``categorical`` (the discrete RAE; docs/REFERENCE.md §4 gives the reading)
     No noise and no KL. ``categorical_mode="argmax"``: z_n = one_hot(argmax l_n) forward,
     gradient of s_n = softmax(l_n / tau) backward (straight-through). ``"softmax"``: z_n = s_n
     in training (a tempered, deterministic relaxation) and the one-hot at evaluation, so that

@@ -1,4 +1,4 @@
-"""Decoder regularisers shared by every model (Ghosh et al. 2020, REFERENCE §1).
+"""Decoder regularisers shared by every model (Ghosh et al. 2020, docs/REFERENCE.md §1).
 
 An RAE replaces the VAE's latent noise by an explicit smoothness constraint on the decoder:
 

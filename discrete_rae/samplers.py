@@ -1,4 +1,4 @@
-"""Ex-post samplers: densities fitted to the training codes after training (REFERENCE §1).
+"""Ex-post samplers: densities fitted to the training codes after training (docs/REFERENCE.md §1).
 
 An RAE has no prior; it generates by fitting a density q(z) to the codes of the training set
 and decoding draws from it. Every sampler works with any model. Samplers hold their fitted

@@ -44,7 +44,7 @@ def test_rdkit_errors_are_silenced(capfd: pytest.CaptureFixture[str]) -> None:
 
 # --- properties -----------------------------------------------------------------------------------------
 def test_penalized_logp_reference_molecule() -> None:
-    """The best JT-VAE BO molecule: 5.30 normalised, 6.24 unnormalised (REFERENCE §3)."""
+    """The best JT-VAE BO molecule: 5.30 normalised, 6.24 unnormalised (docs/REFERENCE.md §3)."""
     assert chem.penalized_logp(JTVAE_BEST) == pytest.approx(5.30, abs=0.005)
     assert chem.penalized_logp(JTVAE_BEST, normalized=False) == pytest.approx(6.24, abs=0.005)
 

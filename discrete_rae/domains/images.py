@@ -414,7 +414,7 @@ PRESETS["images"] = {
         "data": {"dataset": "digits", "n_test": 360},
         "eval": {"n_samples": 1000},
     },
-    "paper": {  # Ghosh et al. 2020, MNIST (REFERENCE §1); meant for a GPU
+    "paper": {  # Ghosh et al. 2020, MNIST (docs/REFERENCE.md §1); meant for a GPU
         "model": {"channels": (128, 256, 512, 1024), "latent_dim": 16},
         "train": {"epochs": 100, "batch_size": 100, "lr": 5e-4, "lr_factor": 0.5, "lr_patience": 5,
                   "early_stop": 0},

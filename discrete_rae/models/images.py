@@ -1,4 +1,4 @@
-"""Image models: VAE, RAE, RAE-L2, RAE-GP, RAE-SN and AE (Ghosh et al. 2020, REFERENCE §1).
+"""Image models: VAE, RAE, RAE-L2, RAE-GP, RAE-SN and AE (Ghosh et al. 2020, docs/REFERENCE.md §1).
 
 One builder over :class:`ImageModelConfig`; the registered names differ only in config values,
 and the VAE/RAE difference is the two dicts ``_VAE`` and ``_RAE`` below. Every model uses the
@@ -11,7 +11,7 @@ Likelihood (``likelihood`` field), with mu = sigmoid(decoder logits) in [0, 1]:
   nll[b] = sum_{c,h,w} (x - mu)^2 / (2 sigma^2)   (the constant log(2 pi sigma^2)/2 per pixel
   is dropped). That is the squared error summed over pixels, scaled by 1/(2 sigma^2); the
   official RAE code uses the per-pixel *mean* instead, so its beta/lambda values do not carry
-  over (REFERENCE §1). Summing keeps the VAE's KL and the reconstruction on the same (nats per
+  over (docs/REFERENCE.md §1). Summing keeps the VAE's KL and the reconstruction on the same (nats per
   image) scale.
 - ``gaussian_learned``: p(x|z) = N(x; mu, gamma I) with one scalar variance gamma = exp(log_gamma)
   learned with the network (Dai & Wipf 2019, "Diagnosing and enhancing VAE models"):
