@@ -15,7 +15,7 @@ from typing import Any
 # 2-core CPU: benchmarks/train_speed.py measured 4.7 steps/s at batch 64 for molecules on
 # 2026-12-03 (the same figure for the code before the step budget, so 3,500 steps would take
 # 12 minutes there). Expressions: about 4 minutes at about 18 steps/s, batch 256.
-QUICK_MOLECULE_STEPS = 2_200
+QUICK_MOLECULE_STEPS = 2_000
 QUICK_EXPRESSION_STEPS = 4_400
 # Safety caps: a much slower machine stops here instead of running on (recorded as "time cap").
 QUICK_MOLECULE_CAP_MINUTES = 15.0
