@@ -230,6 +230,12 @@ class DecodeState:
 
 
 def decode_tensors(g: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Decoding tables of grammar ``g`` on ``device``, built once per device (cached on ``g``).
+
+    ``cand`` ``[n_nt, C]``: the rules of each non-terminal (padded with the pad rule), ``rhs16`` /
+    ``rhs32`` ``[R, K]``: each rule's right-hand-side non-terminals, reversed (push order),
+    ``nt_min`` / ``rhs_min``: minimal rules to finish a symbol / a rule's right-hand side.
+    """
     key = str(device)
     cached = g._tensor_cache.get(key)
     if cached is None:

@@ -236,7 +236,7 @@ def build_tables(g: Any) -> dict[str, Any]:
 
 
 def glr(tab: dict[str, Any], tokens: list[str]) -> list[int] | str:
-    """Generalised LR parse. Returns the derivation, or a reason string:
+    """Generalised LR parse of ``tokens`` over the tables ``tab`` of :func:`build_tables`. Returns the derivation, or a reason string:
     ``"fail:<i>"`` (no parse, dead at token i), ``"ambiguous"`` or ``"overflow"``."""
     action = tab["action"]
     goto = tab["goto"]
