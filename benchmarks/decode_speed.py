@@ -12,7 +12,7 @@ machine's load average, since other processes disturb the timings.
 With ``--constrained`` the batched side is the grammar codec's constrained decoder (length,
 ring-closure and chemistry masks: ``GrammarCodec.decode_logits`` over ``ChemState``) on the
 compact SMILES grammar, Kekule mode, and the reference is the per-sample pure-Python decoder of
-``discrete_rae.chem_reference`` (the same constraints, one sample at a time, the test oracle).
+``discrete_rae.grammar.chem_reference`` (the same constraints, one sample at a time, the test oracle).
 
 Usage:
     python benchmarks/decode_speed.py --n 10000 [--grammar smiles] [--ref-n N] [--threads T]
@@ -97,8 +97,8 @@ def reference_decode_torch(grammar: Grammar, logits: torch.Tensor) -> tuple[torc
 
 def constrained_benchmark(args: argparse.Namespace) -> dict:
     """Batched constrained decoding vs the per-sample reference on the same logits (greedy)."""
-    from discrete_rae.chem_constraint import chem_tables
-    from discrete_rae.chem_reference import ReferenceDecoder
+    from discrete_rae.grammar.chem import chem_tables
+    from discrete_rae.grammar.chem_reference import ReferenceDecoder
     from discrete_rae.codecs import GrammarCodec
 
     g = Grammar.builtin(args.grammar if args.grammar != "smiles" else "smiles_compact")
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each decoder; the best time is reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--constrained", action="store_true",
-                    help="length + ring + chemistry masks, reference = discrete_rae.chem_reference")
+                    help="length + ring + chemistry masks, reference = discrete_rae.grammar.chem_reference")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

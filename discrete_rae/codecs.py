@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .grammar import Grammar, select
-from .chem_constraint import ChemState, chem_tables_cached, uses_aromatic_atoms
-from .ring_constraint import RingClosureState, ring_tables
+from .grammar.chem import ChemState, chem_tables_cached, uses_aromatic_atoms
+from .grammar.ring import RingClosureState, ring_tables
 
 
 @dataclass
@@ -89,7 +89,7 @@ class GrammarCodec(SequenceCodec):
         # decoding options, not data: set from EvalConfig by the pipeline
         self.length_mask = length_mask
         self.ring_mask = ring_mask
-        self.chem_mask = chem_mask  # valence / bond checks (discrete_rae.chem_constraint); needs ring_mask
+        self.chem_mask = chem_mask  # valence / bond checks (discrete_rae.grammar.chem); needs ring_mask
         self.aromatic = True  # aromatic atoms allowed by the chem mask; encode() sets it from the data
         self._ring_tables = ring_tables(grammar)  # None for grammars without ring bonds
         self.vocab_size = grammar.n_rules

@@ -1,4 +1,4 @@
-"""Chemistry constraint in SMILES grammar decoding (discrete_rae.chem_constraint)."""
+"""Chemistry constraint in SMILES grammar decoding (discrete_rae.grammar.chem)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from rdkit import Chem, RDLogger
 
-from discrete_rae.chem_constraint import BRACKET_VALENCE, ORGANIC_CAP, ChemState, chem_tables
+from discrete_rae.grammar.chem import BRACKET_VALENCE, ORGANIC_CAP, ChemState, chem_tables
 from discrete_rae.codecs import GrammarCodec
 from discrete_rae.data.molecules import kekulize_smiles
 from discrete_rae.grammar import Grammar, select
@@ -227,7 +227,7 @@ def test_real_molecules_are_never_blocked_full() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_batched_masks_equal_the_per_sample_reference(seed: int) -> None:
     """Every step's mask of the batched states equals the pure-Python reference's, row by row."""
-    from discrete_rae.chem_reference import ReferenceDecoder
+    from discrete_rae.grammar.chem_reference import ReferenceDecoder
 
     B, L = 24, 70
     codec = _codec(L)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from discrete_rae.data import molecule_sources as src_mod  # the download seams (_urlopen, ZINC250K_MD5)
 from discrete_rae.data import molecules as mol_mod
 from discrete_rae.data.cache import encode_cached, pad_sequences, texts_sha256
 from discrete_rae.data.errors import DataError, LoadReport
@@ -366,7 +367,7 @@ def test_zinc250k_offline_says_how_to_supply(monkeypatch, tmp_path):
         calls.append(url)
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(mol_mod, "_urlopen", offline)
+    monkeypatch.setattr(src_mod, "_urlopen", offline)
     with pytest.raises(DataError) as exc:
         load_molecules("zinc250k", data_dir=tmp_path, progress=False)
     _one_line_error(exc, "zinc250k", "--dataset", mol_mod.ZINC250K_FILENAME, "unreachable")
@@ -376,20 +377,20 @@ def test_zinc250k_offline_says_how_to_supply(monkeypatch, tmp_path):
 
 def test_zinc250k_download_records_and_verifies_sha256(monkeypatch, tmp_path):
     payload = b'smiles,logP,qed,SAS\n"CCO\n",0.1,0.4,1.0\n"c1ccccc1\n",1.7,0.4,1.0\n'
-    monkeypatch.setattr(mol_mod, "_urlopen", lambda url, timeout: io.BytesIO(payload))
+    monkeypatch.setattr(src_mod, "_urlopen", lambda url, timeout: io.BytesIO(payload))
     # a download whose md5 is not the published one is refused and not kept
     with pytest.raises(DataError) as exc:
         load_molecules("zinc250k", data_dir=tmp_path, progress=False)
     _one_line_error(exc, "md5")
     target = tmp_path / "zinc250k" / mol_mod.ZINC250K_FILENAME
     assert not target.exists()
-    monkeypatch.setattr(mol_mod, "ZINC250K_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(src_mod, "ZINC250K_MD5", hashlib.md5(payload).hexdigest())
     data = load_molecules("zinc250k", data_dir=tmp_path, progress=False)
     assert data.smiles == ["CCO", "c1ccccc1"]
     record = target.with_name(target.name + ".sha256")
     assert record.read_text().split()[0] == hashlib.sha256(payload).hexdigest()
     # later uses read the local copy (no network) and verify it
-    monkeypatch.setattr(mol_mod, "_urlopen", lambda url, timeout: pytest.fail("downloaded again"))
+    monkeypatch.setattr(src_mod, "_urlopen", lambda url, timeout: pytest.fail("downloaded again"))
     assert load_molecules("zinc250k", data_dir=tmp_path, progress=False).smiles == data.smiles
     target.write_bytes(payload.replace(b"CCO", b"CCN"))
     with pytest.raises(DataError) as exc:

@@ -1,4 +1,4 @@
-"""Ring-closure bookkeeping in SMILES grammar decoding (discrete_rae.ring_constraint)."""
+"""Ring-closure bookkeeping in SMILES grammar decoding (discrete_rae.grammar.ring)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rdkit import Chem
 
 from discrete_rae.codecs import GrammarCodec
 from discrete_rae.grammar import Grammar, select
-from discrete_rae.ring_constraint import ring_tables
+from discrete_rae.grammar.ring import ring_tables
 
 CANONICAL = [Chem.MolToSmiles(Chem.MolFromSmiles(s)) for s in (
     "CCO", "c1ccccc1", "C1CC2CCC1C2", "O=C(Nc1ccc2c(c1)OCO2)c1ccccc1", "C[C@H]1CC[NH2+]CC1",

@@ -55,7 +55,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .errors import DataError, LoadReport
-from .molecules import MAX_LINE_CHARS, _open_binary, _sha256_file, default_data_dir
+from .molecule_sources import _sha256_file, default_data_dir
+from .records import MAX_LINE_CHARS, _open_binary
 
 logger = logging.getLogger(__name__)
 

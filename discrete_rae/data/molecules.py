@@ -41,34 +41,50 @@ Loads of files of 1 MB or more are cached in ``<data_dir>/cache/mol-<key>.txt.gz
 
 The data directory (downloads, caches) is ``$DISCRETE_RAE_DATA`` or else
 ``./datasets`` relative to the working directory (:func:`default_data_dir`).
+
+This module holds the loader (:func:`load_molecules`: subsetting, the worker pool,
+deduplication); the pieces live beside it and their public names are re-exported here:
+:mod:`.molecule_sources` (data set locations, the ZINC-250k download),
+:mod:`.records` (reading SMILES records from text files, counting bad lines),
+:mod:`.canonical` (RDKit canonicalisation / kekulisation) and :mod:`.load_cache`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
-import gzip
-import hashlib
-import importlib.util
-import io
-import json
 import logging
 import math
 import multiprocessing
 import os
-import secrets
-import sys
-import zlib
-from array import array
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
+from .canonical import (  # noqa: F401  (public names re-exported)
+    _canonical_chunk,
+    _identity_chunk,
+    _worker_init,
+    canonicalize_smiles,
+    kekule_smiles_of,
+    kekulize_smiles,
+)
 from .errors import DataError, LoadReport
+from .load_cache import _load_cache_path, _read_load_cache, _write_load_cache
+from .molecule_sources import (  # noqa: F401  (re-exported)
+    DATASETS,
+    MOSES_SPLITS,
+    ZINC250K_FILENAME,
+    ZINC250K_MD5,
+    ZINC250K_URLS,
+    _sha256_file,
+    default_data_dir,
+    moses_path,
+    nci5k_path,
+    zinc250k_path,
+)
+from .records import MAX_LINE_CHARS, SMILES_HEADERS, _open_binary, _read_records, _Records  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -86,31 +102,9 @@ __all__ = [
     "MAX_LINE_CHARS",
 ]
 
-#: Records longer than this (characters) are rejected as ``too_long``.
-MAX_LINE_CHARS = 10_000
-
-#: Named molecule sources accepted by :func:`load_molecules`.
-DATASETS = ("moses", "moses:train", "moses:test", "moses:test_scaffolds", "nci5k", "zinc250k")
-
-MOSES_SPLITS = ("train", "test", "test_scaffolds")
-
-ZINC250K_FILENAME = "250k_rndm_zinc_drugs_clean_3.csv"
-ZINC250K_URLS = (
-    "https://raw.githubusercontent.com/aspuru-guzik-group/chemical_vae/master/models/zinc_properties/"
-    + ZINC250K_FILENAME,
-    "https://raw.githubusercontent.com/aspuru-guzik-group/chemical_vae/main/models/zinc_properties/"
-    + ZINC250K_FILENAME,
-)
-#: md5 of the upstream file as published in TorchDrug's ZINC250k loader (``md5 = ...``).
-ZINC250K_MD5 = "b59078b2b04c6e9431280e3dc42048d5"
-
-#: Header names recognised as the SMILES column (compared case-insensitively).
-SMILES_HEADERS = ("smiles", "smi", "canonical_smiles", "isomeric_smiles")
 
 _AUTO_WORKERS_MIN_RECORDS = 20_000  # workers=None: use processes from this many records on
 _CACHE_MIN_BYTES = 1 << 20  # cache=None: cache loads of files at least this large
-_LOAD_CACHE_VERSION = 1
-_BINARY_PROBE_BYTES = 1 << 16
 
 
 # --------------------------------------------------------------------------------------
@@ -138,533 +132,6 @@ class MoleculeData:
     def __len__(self) -> int:
         return len(self.smiles)
 
-
-# --------------------------------------------------------------------------------------
-# Locations
-# --------------------------------------------------------------------------------------
-
-
-def default_data_dir() -> Path:
-    """``$DISCRETE_RAE_DATA`` if set, else ``./datasets`` (relative to the working directory)."""
-    env = os.environ.get("DISCRETE_RAE_DATA")
-    return Path(env).expanduser() if env else Path.cwd() / "datasets"
-
-
-def _moses_dirs(data_dir: Path | None) -> list[Path]:
-    """Candidate folders holding the MOSES csv.gz files, in order of preference."""
-    dirs = [Path(data_dir or default_data_dir()) / "moses"]
-    # find_spec on a top-level name locates the package without executing it
-    # (molsets does not import on Python 3.11; its data files are all we need)
-    try:
-        spec = importlib.util.find_spec("moses")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        dirs += [Path(p) / "dataset" / "data" for p in spec.submodule_search_locations]
-    for entry in sys.path:
-        if entry:
-            dirs.append(Path(entry) / "moses" / "dataset" / "data")
-    return dirs
-
-
-def moses_path(split: str = "train", data_dir: Path | None = None) -> Path:
-    """Path of a MOSES split file (``train``, ``test`` or ``test_scaffolds``).
-
-    Looks in ``<data_dir>/moses/`` first, then in the installed ``molsets`` wheel.
-
-    Raises:
-        DataError: unknown split or files not found.
-    """
-    if split not in MOSES_SPLITS:
-        raise DataError(f"moses: unknown split {split!r}; choose one of {', '.join(MOSES_SPLITS)}")
-    for d in _moses_dirs(data_dir):
-        f = d / f"{split}.csv.gz"
-        if f.is_file():
-            return f
-    raise DataError(
-        f"moses: {split}.csv.gz not found; install the data files with "
-        f"`pip install --no-deps molsets==0.3.1` or put {split}.csv.gz in "
-        f"{Path(data_dir or default_data_dir()) / 'moses'}"
-    )
-
-
-def nci5k_path() -> Path:
-    """Path of RDKit's bundled ``NCI/first_5K.smi`` (4,999 molecules)."""
-    from rdkit import RDConfig
-
-    f = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
-    if not f.is_file():
-        raise DataError(f"nci5k: {f} not found in this RDKit installation")
-    return f
-
-
-def _sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file; an unreadable file is a :class:`DataError`."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    return h.hexdigest()
-
-
-def _open_temp_beside(path: Path, suffix: str = ".tmp") -> tuple[Any, Path]:
-    """A new hidden temporary file next to ``path`` (for atomic replace), opened ``"xb"``.
-
-    Unlike ``tempfile.mkstemp`` (mode 0600) the file gets the default permissions of
-    the umask, so the renamed result is readable like any other file.
-    """
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
-        try:
-            return open(tmp, "xb"), tmp  # noqa: SIM115 - the caller closes it
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
-
-
-def _urlopen(url: str, timeout: float) -> Any:
-    """``urllib.request.urlopen`` (a seam so tests never touch the network)."""
-    import urllib.request
-
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https URLs)
-
-
-def _download(url: str, dest: Path, timeout: float = 60.0) -> tuple[str, str]:
-    """Stream ``url`` into ``dest`` atomically; return (md5, sha256) of the content."""
-    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 (md5 only to compare with the published value)
-    out, tmp = _open_temp_beside(dest, ".part")
-    try:
-        with out, contextlib.closing(_urlopen(url, timeout)) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                md5.update(block)
-                sha.update(block)
-                out.write(block)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return md5.hexdigest(), sha.hexdigest()
-
-
-def zinc250k_path(data_dir: Path | None = None, download: bool = True) -> Path:
-    """Path of ``250k_rndm_zinc_drugs_clean_3.csv`` in ``<data_dir>/zinc250k/``, downloading it if needed.
-
-    Integrity: a download must match the md5 published with TorchDrug's loader
-    (:data:`ZINC250K_MD5`). The sha256 of the file is written next to it
-    (``.sha256``) at first use -- download or a file put there by hand -- and every
-    later use verifies it (trust on first use: no sha256 of the upstream file is
-    published).
-
-    Raises:
-        DataError: offline / download failed (the message says how to supply the
-            file), checksum mismatch.
-    """
-    folder = Path(data_dir or default_data_dir()) / "zinc250k"
-    target = folder / ZINC250K_FILENAME
-    record = folder / (ZINC250K_FILENAME + ".sha256")
-    if target.is_file():
-        digest = _sha256_file(target)
-        if record.is_file():
-            words = record.read_text(encoding="utf-8").split()
-            expected = words[0] if words else ""
-            if digest != expected:
-                raise DataError(
-                    f"zinc250k: {target} has sha256 {digest[:16]}..., but {expected[:16]}... was recorded "
-                    f"at first use in {record}; the file changed. Delete both files to download it again"
-                )
-        else:
-            _write_text_atomic(record, f"{digest}  {ZINC250K_FILENAME}\n")
-            logger.info("zinc250k: recorded sha256 %s of %s (trust on first use)", digest, target)
-        return target
-    how = (
-        f"download {ZINC250K_FILENAME} (from {ZINC250K_URLS[0]}) on a machine with internet access and "
-        f"pass it with --dataset /path/to/{ZINC250K_FILENAME}, or put it at {target}"
-    )
-    if not download:
-        raise DataError(f"zinc250k: {target} not found; {how}")
-    folder.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for url in ZINC250K_URLS:
-        logger.info("zinc250k: downloading %s", url)
-        try:
-            md5, digest = _download(url, target)
-        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
-            errors.append(f"{url}: {exc}")
-            continue
-        if md5 != ZINC250K_MD5:
-            with contextlib.suppress(OSError):
-                target.unlink()
-            raise DataError(
-                f"zinc250k: the file downloaded from {url} has md5 {md5}, not the published {ZINC250K_MD5}; "
-                f"it was not kept. {how}"
-            )
-        _write_text_atomic(record, f"{digest}  {ZINC250K_FILENAME}\n")
-        logger.info("zinc250k: downloaded to %s (sha256 %s recorded)", target, digest)
-        return target
-    reason = errors[-1] if errors else "no URL"
-    raise DataError(f"zinc250k: {target} not found and the download failed ({reason}); {how}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fh, tmp = _open_temp_beside(path)
-    try:
-        with fh:
-            fh.write(text.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# --------------------------------------------------------------------------------------
-# Canonicalisation
-# --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_rdkit() -> Iterator[None]:
-    """Silence RDKit's per-molecule error messages for the duration of the block."""
-    from rdkit import rdBase
-
-    if hasattr(rdBase, "BlockLogs"):
-        blocker = rdBase.BlockLogs()
-        try:
-            yield
-        finally:
-            del blocker
-    else:  # pragma: no cover - old RDKit
-        from rdkit import RDLogger
-
-        RDLogger.DisableLog("rdApp.*")
-        try:
-            yield
-        finally:
-            RDLogger.EnableLog("rdApp.error")
-
-
-def _rejection_reason(smiles: str) -> str:
-    """Why RDKit rejects ``smiles`` (called only on failures)."""
-    from rdkit import Chem
-
-    mol = Chem.MolFromSmiles(smiles, sanitize=False)
-    if mol is None:
-        return "invalid_smiles"
-    try:
-        Chem.SanitizeMol(mol)
-    except Chem.AtomValenceException:
-        return "valence"
-    except Chem.KekulizeException:
-        return "aromaticity"
-    except Exception:  # noqa: BLE001 - any other sanitisation failure
-        return "sanitization"
-    return "rdkit"
-
-
-def canonicalize_smiles(smiles: str) -> tuple[str | None, str]:
-    """RDKit canonical SMILES of ``smiles`` (``Chem.MolToSmiles(Chem.MolFromSmiles(s))``).
-
-    Returns:
-        ``(canonical, "")`` or ``(None, reason)`` with reason one of
-        ``invalid_smiles`` (syntax), ``valence``, ``aromaticity`` (kekulisation),
-        ``sanitization``, ``empty_molecule``. RDKit's own messages are not printed.
-    """
-    from rdkit import Chem
-
-    with _quiet_rdkit():
-        return _canonical_one(Chem, smiles)
-
-
-def _canonical_one(chem: Any, smiles: str, kekulize: bool = False) -> tuple[str | None, str]:
-    mol = chem.MolFromSmiles(smiles)
-    if mol is None:
-        return None, _rejection_reason(smiles)
-    if mol.GetNumAtoms() == 0:
-        return None, "empty_molecule"
-    if kekulize:
-        return kekule_smiles_of(chem, mol)
-    return chem.MolToSmiles(mol), ""
-
-
-def kekule_smiles_of(chem: Any, mol: Any) -> tuple[str | None, str]:
-    """Canonical Kekule SMILES of a sanitized molecule: no aromatic atoms, explicit ``=`` bonds.
-
-    ``Chem.Kekulize(mol, clearAromaticFlags=True)`` then ``MolToSmiles(kekuleSmiles=True)``
-    (canonical atom order). Returns ``(smiles, "")`` or ``(None, "aromaticity")``.
-    """
-    try:
-        chem.Kekulize(mol, clearAromaticFlags=True)
-    except Exception:  # noqa: BLE001 - RDKit raises KekulizeException
-        return None, "aromaticity"
-    return chem.MolToSmiles(mol, kekuleSmiles=True), ""
-
-
-def kekulize_smiles(smiles: str) -> tuple[str | None, str]:
-    """Canonical Kekule SMILES of ``smiles`` (see :func:`kekule_smiles_of`), or ``(None, reason)``."""
-    from rdkit import Chem
-
-    with _quiet_rdkit():
-        return _canonical_one(Chem, smiles, kekulize=True)
-
-
-def _canonical_chunk(texts: list[str], kekulize: bool = False) -> list[tuple[str | None, str]]:
-    """Canonicalise (optionally kekulise) a chunk (runs in worker processes too)."""
-    from rdkit import Chem
-
-    with _quiet_rdkit():
-        return [_canonical_one(Chem, s, kekulize) for s in texts]
-
-
-def _identity_chunk(texts: list[str]) -> list[tuple[str | None, str]]:
-    return [(s, "") for s in texts]
-
-
-def _worker_init() -> None:
-    from rdkit import RDLogger
-
-    RDLogger.DisableLog("rdApp.*")  # our own worker process: silence RDKit for its lifetime
-
-
-# --------------------------------------------------------------------------------------
-# Reading records
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Records:
-    texts: list[str]
-    lines: array  # physical line number of each record (1-based)
-    column: str  # description of the column used
-
-
-def _open_binary(path: Path, label: str) -> io.BufferedIOBase:
-    """Open ``path`` for reading bytes, transparently gunzipping; reject binary content."""
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(2)
-    except OSError as exc:
-        raise DataError(f"{label}: cannot open the file ({exc.strerror or exc})") from None
-    if magic == b"\x1f\x8b":
-        raw: Any = gzip.open(path, "rb")
-    elif path.name.lower().endswith(".gz"):
-        raise DataError(f"{label}: not a gzip file although its name ends in .gz")
-    else:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    try:
-        probe = raw.peek(_BINARY_PROBE_BYTES)[:_BINARY_PROBE_BYTES] if hasattr(raw, "peek") else b""
-    except (OSError, EOFError, zlib.error) as exc:
-        raw.close()
-        raise DataError(f"{label}: cannot read the gzip stream ({exc})") from None
-    if _mostly_nul_lines(probe):
-        raw.close()
-        raise DataError(f"{label}: looks like a binary file (NUL bytes), expected text with one SMILES per line")
-    if not probe:
-        raw.close()
-        raise DataError(f"{label}: the file is empty")
-    return raw
-
-
-def _mostly_nul_lines(probe: bytes) -> bool:
-    """A binary file: at least half of the non-blank lines of the probe hold a NUL byte.
-
-    One stray NUL in a text file only spoils its line, which is then a counted bad record
-    wherever it is (before, a NUL in the first 64 KiB rejected the whole file).
-    """
-    if b"\x00" not in probe:
-        return False
-    lines = [line for line in probe.split(b"\n") if line.strip()]
-    return 2 * sum(b"\x00" in line for line in lines) >= len(lines)
-
-
-def _split_fields(line: str, delimiter: str | None) -> list[str]:
-    if delimiter is None:
-        return line.split()
-    return [f.strip() for f in line.split(delimiter)]
-
-
-def _looks_like_header(fields: Sequence[str], is_csv: bool, column: str | int | None = None) -> bool:
-    """True when a first record is a header row.
-
-    A header: a field named like a SMILES column, or like the requested ``column``. Otherwise a
-    CSV row is a header only when its SMILES field (``column`` if an index, else the first) is
-    not a molecule and no field is a number (so a header without the requested name is still
-    taken as one, and the error lists its columns) (header rows hold names; a data row whose molecule
-    is broken is a bad record, counted like any other, not a header).
-    """
-    names = [f.strip().lower() for f in fields]
-    if any(n in SMILES_HEADERS for n in names):
-        return True
-    by_index = isinstance(column, int) or (isinstance(column, str) and column.strip().isdigit())
-    if isinstance(column, str) and column and not by_index and column.strip().lower() in names:
-        return True
-    if not is_csv or not fields:
-        return False
-    col = int(column) if by_index else 0
-    if col >= len(fields) or any(_is_number(f) for f in fields):
-        return False
-    from rdkit import Chem
-
-    with _quiet_rdkit():
-        return Chem.MolFromSmiles(fields[col].strip()) is None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _pick_column(header: list[str] | None, column: str | int | None, label: str) -> tuple[int, str]:
-    """Index and description of the SMILES column."""
-    if column is None:
-        if header is not None:
-            lowered = [h.strip().lower() for h in header]
-            for name in SMILES_HEADERS:
-                if name in lowered:
-                    i = lowered.index(name)
-                    return i, f"{header[i]!r} (column {i})"
-            return 0, f"{header[0]!r} (column 0, first column: no header named smiles)"
-        return 0, "column 0 (no header)"
-    if isinstance(column, int) or (isinstance(column, str) and column.strip().isdigit()):
-        i = int(column)
-        width = len(header) if header is not None else None
-        if i < 0 or (width is not None and i >= width):
-            raise DataError(f"{label}: column index {i} out of range (the file has {width} columns)")
-        name = f"{header[i]!r} " if header is not None else ""
-        return i, f"{name}(column {i})"
-    if header is None:
-        raise DataError(
-            f"{label}: column {column!r} requested but the file has no header row; "
-            "give the column as a 0-based index instead"
-        )
-    names = [h.strip() for h in header]
-    if column in names:
-        i = names.index(column)
-    elif column.lower() in [n.lower() for n in names]:
-        i = [n.lower() for n in names].index(column.lower())
-    else:
-        raise DataError(f"{label}: no column {column!r}; available columns: {', '.join(repr(n) for n in names)}")
-    return i, f"{header[i]!r} (column {i})"
-
-
-def _read_records(path: Path, label: str, column: str | int | None, report: LoadReport) -> _Records:
-    """Read the SMILES column of a text / CSV file (gzip detected from the content)."""
-    name = path.name.lower()
-    base = name[:-3] if name.endswith(".gz") else name
-    delimiter: str | None
-    if base.endswith(".csv"):
-        delimiter, is_csv = ",", True
-    elif base.endswith(".tsv"):
-        delimiter, is_csv = "\t", True
-    else:
-        delimiter, is_csv = None, False
-    raw = _open_binary(path, label)
-    texts: list[str] = []
-    lines = array("l")
-    old_limit = csv.field_size_limit()
-    try:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        if not is_csv:
-            # plain text: sniff a comma-separated file saved as .txt/.smi
-            first = text.readline()
-            while first and not first.strip():
-                first = text.readline()
-            if "," in first and len(first.split()) <= 1:
-                delimiter, is_csv = ",", True
-            text.seek(0)
-        if is_csv:
-            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-            reader = csv.reader(text, delimiter=delimiter or ",")
-            rows: Iterator[tuple[int, list[str]]] = ((reader.line_num, row) for row in reader)
-        else:
-            rows = enumerate(text, 1)  # type: ignore[assignment]  # (lineno, raw line)
-        header: list[str] | None = None
-        col, desc = 0, ""
-        # first non-blank record: header detection and column choice
-        for lineno, row in rows:
-            fields = row if is_csv else row.split()
-            if not fields or not any(f.strip() for f in fields):
-                report.blank += 1
-                continue
-            if _looks_like_header(fields, is_csv, column):
-                header = [f.strip() for f in fields]
-                col, desc = _pick_column(header, column, label)
-                report.notes.append(f"header row {header[:8]}; SMILES from {desc}")
-                logger.info("%s: line %d taken as the header row %s", label, lineno, header[:8])
-            else:
-                col, desc = _pick_column(None, column, label)
-                if col >= len(fields):
-                    raise DataError(
-                        f"{label}: column index {col} out of range (the first record, line {lineno}, "
-                        f"has {len(fields)} field{'s' if len(fields) != 1 else ''})"
-                    )
-                report.notes.append(f"no header row; SMILES from {desc}")
-                if is_csv:
-                    logger.info("%s: no header row (line %d is data); SMILES from %s", label, lineno, desc)
-                _take(fields, col, lineno, report, texts, lines)
-            break
-        # the rest, in a tight loop
-        records = report.records
-        blank = report.blank
-        append, line_append = texts.append, lines.append
-        maxsplit = col + 1
-        for lineno, row in rows:
-            fields = row if is_csv else row.split(None, maxsplit)
-            if not fields or not any(fields):
-                blank += 1
-                continue
-            records += 1
-            if col < len(fields):
-                smi = fields[col].strip() if is_csv else fields[col]
-                if smi and len(smi) <= MAX_LINE_CHARS:
-                    append(smi)
-                    line_append(lineno)
-                    continue
-            _reject_field(fields, col, lineno, report)
-        report.records = records
-        report.blank = blank
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{label}: cannot read the file ({exc})") from None
-    except csv.Error as exc:
-        raise DataError(f"{label}: malformed CSV ({exc})") from None
-    finally:
-        csv.field_size_limit(old_limit)
-        raw.close()
-    if report.records == 0:
-        what = "only a header row" if header is not None else "only blank lines"
-        raise DataError(f"{label}: the file is empty ({what}, no data records)")
-    return _Records(texts, lines, desc)
-
-
-def _take(fields: list[str], col: int, lineno: int, report: LoadReport, texts: list[str], lines: array) -> None:
-    """Count one record; keep its SMILES field or reject it."""
-    report.records += 1
-    if col < len(fields):
-        smi = fields[col].strip()
-        if smi and len(smi) <= MAX_LINE_CHARS:
-            texts.append(smi)
-            lines.append(lineno)
-            return
-    _reject_field(fields, col, lineno, report)
-
-
-def _reject_field(fields: list[str], col: int, lineno: int, report: LoadReport) -> None:
-    """Record why the SMILES field of a record is unusable."""
-    where = f"line {lineno}"
-    if col >= len(fields):
-        report.reject("missing_column", where, " ".join(fields))
-        return
-    smi = fields[col].strip()
-    if not smi:
-        report.reject("empty_field", where, " ".join(fields))
-    else:
-        report.reject("too_long", where, smi)
 
 
 # --------------------------------------------------------------------------------------
@@ -890,76 +357,6 @@ def load_molecules(
     if cache_file is not None:
         _write_load_cache(cache_file, kept, report)
     return MoleculeData(kept, report)
-
-
-def _load_cache_path(
-    data_dir: Path | None, file_sha256: str, column: Any, n: int | None, seed: int, canonicalize: bool,
-    kekulize: bool = False,
-) -> Path:
-    """Cache file of a load: keyed by everything the result depends on."""
-    from rdkit import rdBase
-
-    material = json.dumps(
-        {
-            "version": _LOAD_CACHE_VERSION,
-            "file_sha256": file_sha256,
-            "column": column,
-            "n": n,
-            "seed": seed,
-            "canonicalize": canonicalize,
-            "rdkit": rdBase.rdkitVersion if (canonicalize or kekulize) else None,
-            "max_line_chars": MAX_LINE_CHARS,
-            # only present when set, so the keys of existing non-Kekule caches stay valid
-            **({"kekulize": True} if kekulize else {}),
-        },
-        sort_keys=True,
-    )
-    key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
-    return Path(data_dir or default_data_dir()) / "cache" / f"mol-{key}.txt.gz"
-
-
-def _read_load_cache(cache_file: Path, report: LoadReport) -> list[str] | None:
-    """Molecules of a cached load (and restore ``report``), or None when absent / damaged."""
-    meta_file = cache_file.with_name(cache_file.name[: -len(".txt.gz")] + ".json")
-    if not (cache_file.is_file() and meta_file.is_file()):
-        return None
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        with gzip.open(cache_file, "rt", encoding="utf-8") as fh:
-            smiles = fh.read().split("\n")
-        if smiles and smiles[-1] == "":
-            smiles.pop()
-        if len(smiles) != meta["kept"] or meta.get("sha256") != report.sha256:
-            raise ValueError("counts or checksum do not match")
-    except Exception as exc:  # noqa: BLE001 - any damage: load from the source again
-        logger.warning("load cache %s is unreadable (%s); reading the source again", cache_file, exc)
-        return None
-    report.records, report.blank, report.examined = meta["records"], meta["blank"], meta["examined"]
-    report.kept, report.duplicates, report.changed = meta["kept"], meta["duplicates"], meta.get("changed", 0)
-    report.rejected = Counter(meta["rejected"])
-    report.examples = {k: list(v) for k, v in meta["examples"].items()}
-    report.notes = list(meta["notes"]) + [f"loaded from cache {cache_file.name}"]
-    return smiles
-
-
-def _write_load_cache(cache_file: Path, smiles: list[str], report: LoadReport) -> None:
-    """Store a load's molecules + report (atomically; failures only logged)."""
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        payload = gzip.compress(("\n".join(smiles) + "\n").encode("utf-8"), compresslevel=1)
-        fh, tmp = _open_temp_beside(cache_file)
-        try:
-            with fh:
-                fh.write(payload)
-            os.replace(tmp, cache_file)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        meta_file = cache_file.with_name(cache_file.name[: -len(".txt.gz")] + ".json")
-        _write_text_atomic(meta_file, json.dumps(report.to_dict(), indent=1) + "\n")
-    except OSError as exc:
-        logger.warning("could not write the load cache %s: %s", cache_file, exc)
 
 
 def moses_split(

@@ -1,6 +1,6 @@
 """Chemistry constraint for grammar decoding of SMILES: valence, bond orders and ring bonds.
 
-The SMILES grammar guarantees syntax, :mod:`discrete_rae.ring_constraint` pairs the ring digits;
+The SMILES grammar guarantees syntax, :mod:`discrete_rae.grammar.ring` pairs the ring digits;
 this module adds the attributes that make RDKit reject the rest (SD-VAE's attribute grammar idea,
 Dai et al. 2018, written for the compact grammar's derivation order):
 
@@ -48,7 +48,7 @@ import torch
 from nltk.grammar import Nonterminal
 from torch import Tensor
 
-from .ring_constraint import DIGITS, RingClosureState, scatter_rules
+from .ring import DIGITS, RingClosureState, scatter_rules
 
 __all__ = ["ORGANIC_CAP", "AROMATIC_CAP", "BRACKET_VALENCE", "ELEMENTS", "chem_tables", "chem_tables_cached",
            "uses_aromatic_atoms", "ChemState"]
@@ -284,7 +284,7 @@ def _to(tables: dict[str, Any], dev: torch.device) -> dict[str, Any]:
 
 
 class ChemState:
-    """Wraps a :class:`~discrete_rae.ring_constraint.RingClosureState` (which wraps the grammar's
+    """Wraps a :class:`~discrete_rae.grammar.ring.RingClosureState` (which wraps the grammar's
     :class:`~discrete_rae.grammar.DecodeState`); same interface, with the chemistry masks added.
 
     Per-sample tensors (B rows; A = max_length + 2 atom slots, the last one "no atom"):

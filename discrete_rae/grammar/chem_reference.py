@@ -2,8 +2,8 @@
 
 :class:`ReferenceDecoder` follows one sample with Python lists and integers: the grammar stack
 and length mask (:class:`~discrete_rae.grammar.DecodeState`), the ring mask
-(:class:`~discrete_rae.ring_constraint.RingClosureState`) and the chemistry mask
-(:class:`~discrete_rae.chem_constraint.ChemState`), rule by rule, written from the rules in those
+(:class:`~discrete_rae.grammar.ring.RingClosureState`) and the chemistry mask
+(:class:`~discrete_rae.grammar.chem.ChemState`), rule by rule, written from the rules in those
 modules' docstrings rather than from their tensor code. The batched classes must give the same
 masks on every step; ``benchmarks/decode_speed.py`` times the two.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chem_constraint import CTX_ISO, CTX_NONE, ELEMENTS
-from .ring_constraint import DIGITS
+from .chem import CTX_ISO, CTX_NONE, ELEMENTS
+from .ring import DIGITS
 
 
 def _lists(tables: dict[str, Any]) -> dict[str, Any]:
