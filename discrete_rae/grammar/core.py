@@ -384,17 +384,7 @@ class Grammar:
         progress: bool = True,
         chunk_size: int = 2000,
     ) -> ParseResult:
-        """Parse many strings; failures are collected, not raised.
-
-        Args:
-            texts: the inputs.
-            workers: processes to use (``1``: in this process).
-            progress: show a tqdm progress bar.
-            chunk_size: inputs per task sent to a worker.
-
-        Returns:
-            :class:`ParseResult` with flat compact ids (see there).
-        """
+        """Parse many strings (failures collected, not raised): see :func:`grammar.parse.parse_many`."""
         return parse.parse_many(self, texts, workers=workers, progress=progress, chunk_size=chunk_size)
 
     # ------------------------------------------------------------------ unparsing
@@ -484,17 +474,7 @@ class Grammar:
         max_length: int | None = None,
         fit: bool = False,
     ) -> list[int] | None:
-        """Random leftmost derivation, each rule drawn uniformly among those of the current symbol.
-
-        Args:
-            rng: ``random.Random`` or ``numpy.random.Generator``.
-            max_length: length limit (default :attr:`max_length`).
-            fit: if True, only rules that still allow finishing within ``max_length``
-                are drawn (never returns None unless no derivation fits at all).
-
-        Returns:
-            rule indices, or ``None`` when the derivation exceeded ``max_length``.
-        """
+        """Random leftmost derivation (rules drawn uniformly): see :func:`grammar.derive.random_derivation`."""
         return derive.random_derivation(self, rng, max_length=max_length, fit=fit)
 
     @property
@@ -534,28 +514,7 @@ class Grammar:
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> DecodeResult:
-        """Masked decoding of per-step logits from a non-autoregressive decoder.
-
-        Step ``t`` pops the top non-terminal of each sample's stack, picks among that
-        symbol's rules using ``logits[:, t]`` (greedy: first maximum, as :func:`select`;
-        else a categorical sample at ``temperature``) and pushes the rule's
-        right-hand-side non-terminals. Greedy results equal those of driving
-        :class:`DecodeState` with :func:`select` (sampling draws from the same
-        distribution, not the same random stream), but faster: only the logits of the
-        top symbol's rules are read,
-        and rows that are done or cut are dropped from the work every few steps. On CPU
-        the loop runs with one intra-op thread (see ``_cpu_single_thread``).
-
-        Args:
-            logits: ``[B, L, R]`` (any float dtype); ``L`` is the number of steps
-                (usually ``max_length``).
-            greedy, temperature, generator: see :func:`select`.
-
-        Returns:
-            :class:`DecodeResult`: ``ids`` LongTensor ``[B, L]`` (pad rule after the end),
-            ``lengths`` ``[B]``, ``finished`` ``[B]`` (False: cut, see the module docstring;
-            ``unparse_many`` gives ``None`` for such rows).
-        """
+        """Masked decoding of per-step logits ``[B, L, R]``: see :func:`grammar.decode.decode_logits`."""
         return decode.decode_logits(self, logits, greedy=greedy, temperature=temperature, generator=generator)
 
     def lhs_masks(self, ids: torch.Tensor) -> torch.Tensor:
