@@ -14,9 +14,10 @@ from typing import Any
 # Steps of the quick presets, calibrated to about 8 minutes of training on this project's idle
 # 2-core CPU: benchmarks/train_speed.py measured 4.7 steps/s at batch 64 for molecules on
 # 2026-12-03 (the same figure for the code before the step budget, so 3,500 steps would take
-# 12 minutes there). Expressions: about 4 minutes at about 18 steps/s, batch 256.
+# 12 minutes there). Expressions: about 4 minutes at the 8.7 steps/s (batch 256, with validation)
+# measured on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
 QUICK_MOLECULE_STEPS = 2_000
-QUICK_EXPRESSION_STEPS = 4_400
+QUICK_EXPRESSION_STEPS = 2_000
 # Safety caps: a much slower machine stops here instead of running on (recorded as "time cap").
 QUICK_MOLECULE_CAP_MINUTES = 15.0
 QUICK_EXPRESSION_CAP_MINUTES = 8.0
