@@ -233,6 +233,8 @@ CODECS: dict[str, Any] = {"grammar": GrammarCodec, "char": CharCodec}
 
 def codec_from_state(state: dict[str, Any]) -> SequenceCodec:
     """Rebuild a codec saved with ``state_dict()``."""
-    if state["kind"] == "selfies" and "selfies" not in CODECS:
-        from . import selfies_codec  # noqa: F401  (registers itself; imports selfies lazily)
+    # Plugin codecs (selfies) register themselves when catalog.load_all() imports them, which
+    # every caller that reads a checkpoint has done (pipeline.load_run via runconfig).
+    if state["kind"] not in CODECS:
+        raise KeyError(f"codec kind {state['kind']!r} is not registered (known: {', '.join(sorted(CODECS))})")
     return CODECS[state["kind"]].from_state(state)

@@ -188,6 +188,13 @@ class LearnedSampler(Sampler):
         self.nets.eval()
         return self
 
+    def _descend(self, loss: Tensor) -> float:
+        """One optimiser step on ``loss`` (the single-optimiser samplers); returns its value."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
 
 @SAMPLERS.register("two_stage")
 class TwoStageVAESampler(LearnedSampler):
@@ -255,10 +262,7 @@ class TwoStageVAESampler(LearnedSampler):
     def _train_step(self, batch: Tensor, gen: torch.Generator) -> float:
         eps = torch.randn(batch.shape, generator=gen)
         loss = self.negative_elbo(batch, eps).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     @torch.no_grad()
     def _val_loss(self, x: Tensor) -> float:
@@ -331,10 +335,7 @@ class FlowSampler(LearnedSampler):
 
     def _train_step(self, batch: Tensor, gen: torch.Generator) -> float:
         loss = -self._dist().log_prob(batch).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self._descend(loss)
 
     @torch.no_grad()
     def _val_loss(self, x: Tensor) -> float:

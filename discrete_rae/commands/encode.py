@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,12 @@ def report_failures(failures: list, total: int, what: str) -> None:
         log.info("line %d: %r: %s", f.index + 1, f.text[:80], f.reason)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_and_encode(args: argparse.Namespace) -> tuple[list[str], Any, Any, list[int], list[Any]]:
+    """Read ``--input``, load ``--run`` and encode every line that can be encoded.
+
+    Returns (lines, model, codes [n_ok, D], indices of the encoded lines, failures); a file with
+    no encodable line is a UsageError. Shared by ``encode`` and ``reconstruct``.
+    """
     from ..api import load
 
     lines = read_lines(args.input)
@@ -66,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         first = failures[0]
         raise UsageError(f"--input {args.input}: none of its {len(lines)} lines can be encoded (line "
                          f"{first.index + 1}: {first.text[:80]!r}: {first.reason})")
+    return lines, model, codes, ok, failures
+
+
+def run(args: argparse.Namespace) -> int:
+    lines, model, codes, ok, failures = load_and_encode(args)
     out_array = np.full((len(lines), model.latent_dim), np.nan, dtype=np.float32)
     out_array[ok] = codes.numpy()
     out = Path(args.out) if args.out else model.run_dir / f"codes-{Path(args.input).stem}.npy"

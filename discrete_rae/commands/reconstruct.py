@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UsageError
 from ..io import write_json, write_text
-from ..runtime import set_threads
 from .common import add_run_arg
-from .encode import read_lines, report_failures
+from .encode import load_and_encode, report_failures
 
 NAME = "reconstruct"
 HELP = "reconstruct a file of strings (one a line) through the run's code; prints the exact-match rate"
@@ -29,16 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import load
-
-    lines = read_lines(args.input)
-    set_threads(args.threads)
-    model = load(args.run, args.device)
-    codes, ok, failures = model.try_encode(lines)
-    if not ok:
-        first = failures[0]
-        raise UsageError(f"--input {args.input}: none of its {len(lines)} lines can be encoded (line "
-                         f"{first.index + 1}: {first.text[:80]!r}: {first.reason})")
+    lines, model, codes, ok, failures = load_and_encode(args)
     decoded = model.decode(codes)
     canonical = model.domain.canonical
     out_lines = ["<not encoded>"] * len(lines)

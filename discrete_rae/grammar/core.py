@@ -22,7 +22,11 @@ import torch
 from nltk.grammar import Nonterminal, Production
 
 from ..errors import GrammarError
-from . import decode, derive, lr, parse
+# submodules by full name: `from . import x` would read as an import of the package itself
+import discrete_rae.grammar.decode as decode
+import discrete_rae.grammar.derive as derive
+import discrete_rae.grammar.lr as lr
+import discrete_rae.grammar.parse as parse
 from .builtin import _builtin_text
 from .common import _HEADER_RE, _INF, PAD_LHS, _short
 from .decode import DecodeResult, DecodeState
