@@ -19,11 +19,16 @@ def load_all() -> None:
         return
     # latents, samplers and decoder regularisers (continuous and discrete)
     from . import latents, latents_discrete, regularizers, samplers, samplers_discrete, samplers_learned  # noqa: F401
+    # priors and objectives
+    from . import distributions, objectives  # noqa: F401
     # codecs beyond the built-in grammar / character ones (the SELFIES package itself loads lazily)
     from . import selfies_codec  # noqa: F401
     # domains: where data comes from and how samples are judged
     from .domains import expressions, images, molecules  # noqa: F401,F811
-    # model families (models.discrete builds on the other two)
-    from .models import discrete, sequence  # noqa: F401
+    # network families, then the zoo's rows over them
+    from .models import sequence  # noqa: F401
     from .models import images as image_models  # noqa: F401
+    from . import zoo
+
+    zoo.register_zoo()
     _loaded = True

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .registry import LATENTS, REGULARIZERS, SAMPLERS
+from .registry import LATENTS, OBJECTIVES, PRIORS, REGULARIZERS, SAMPLERS
 
 
 from .errors import ConfigError  # noqa: E402,F401  (defined with the other user errors; re-exported)
@@ -87,17 +87,24 @@ _DISCRETE = {"latent": DISCRETE_LATENTS}
 
 @dataclass
 class LatentConfig:
-    """Latent and regulariser fields shared by every model family.
+    """The zoo's columns, shared by every network family (zoo.py).
 
-    latent: gaussian | deterministic | gumbel | categorical.  beta: weight of the latent term
-    (KL for VAEs, 1/2||z||^2 for RAEs).  decoder_reg: l2 | gp | sn | none, weighted by
-    reg_weight.  n_vars x n_classes, tau*: categorical latents (latents_discrete.py).
+    latent: gaussian | deterministic | gumbel | categorical.  beta: weight of the latent term,
+    posterior.divergence(prior): KL(q || p) for stochastic posteriors, the prior's energy for
+    deterministic codes (1/2||z||^2 under N(0, I); the centred-logit penalty for categorical
+    codes).  prior, objective: registered by name.  decoder_reg: l2 | gp | sn | none,
+    weighted by reg_weight.  n_vars x n_classes, tau*: categorical latents (latents_discrete.py).
     """
 
     latent: str = option("deterministic", "latent type: gaussian = VAE, deterministic = RAE, gumbel = "
                          "Gumbel-softmax VAE, categorical = discrete RAE", choices=LATENTS)
+    prior: str = option("standard_normal", "prior p(z): standard_normal (continuous latents) | uniform_categorical "
+                        "(discrete latents)", choices=PRIORS)
+    objective: str = option("penalized", "objective: penalized = reconstruction + beta * latent term + decoder "
+                            "penalty (the beta-ELBO for VAEs, the RAE loss for RAEs)", choices=OBJECTIVES)
     latent_dim: int = option(56, "code size D", ge=1, applies={"latent": CONTINUOUS_LATENTS})
-    beta: float = option(1e-3, "weight of the latent term (KL for VAEs, 1/2||z||^2 for RAEs)", ge=0)
+    beta: float = option(1e-3, "weight of the latent term: KL(q || prior) for stochastic latents, the prior's "
+                         "energy (1/2||z||^2 under N(0, I)) for deterministic codes", ge=0)
     kl_anneal_steps: int = option(0, "steps over which the KL weight rises linearly from 0 to beta", ge=0,
                                   applies={"latent": ("gaussian", "gumbel")})
     decoder_reg: str = option("l2", "decoder regulariser", choices=REGULARIZERS)
@@ -349,10 +356,15 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Inverse of :func:`to_dict` (ignores keys the class no longer has)."""
-    known = {f.name for f in fields(cls)}
-    return replace(cls(), {k: v for k, v in data.items() if k in known})
+def from_dict(cls: type | Any, data: dict[str, Any]) -> Any:
+    """Inverse of :func:`to_dict` (ignores keys the class no longer has).
+
+    ``cls`` may be a default instance: keys missing from ``data`` (fields added since the data
+    was written, e.g. ``prior``) then keep that instance's values instead of the class defaults.
+    """
+    base = cls() if isinstance(cls, type) else cls
+    known = {f.name for f in fields(base)}
+    return replace(base, {k: v for k, v in data.items() if k in known})
 
 
 def to_toml(sections: dict[str, Any]) -> str:

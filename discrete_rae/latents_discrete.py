@@ -8,9 +8,8 @@ always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluatio
     q(y_n | x) = Cat(softmax(l_n)). In training z_n = softmax((l_n + g_n) / tau) with
     g_n ~ Gumbel(0, 1) i.i.d. (our own float32 sampler, below); with ``straight_through`` the
     forward value is one_hot(argmax z_n) and the gradient is the relaxed sample's. At evaluation
-    z_n = one_hot(argmax l_n). Penalty: beta_t * sum_n KL(q(y_n|x) || Uniform(K)), mean over the
-    batch, with KL(q || U) = sum_k q_k log q_k + log K and beta_t linearly annealed from 0 to
-    beta over ``kl_anneal_steps`` (0 = no annealing).
+    z_n = one_hot(argmax l_n). Latent term (objectives.py): sum_n KL(q(y_n|x) || p(y_n)); for the
+    uniform prior KL(q || U) = sum_k q_k log q_k + log K (distributions.py).
 
 ``categorical`` (the discrete RAE; docs/REFERENCE.md §4 gives the reading)
     No noise and no KL. ``categorical_mode="argmax"``: z_n = one_hot(argmax l_n) forward,
@@ -21,9 +20,9 @@ always the one-hot argmax [B, N*K] (what ex-post samplers fit and what evaluatio
     (119.6 against 29.7 nats per image): its decoder never sees a one-hot code in training.
     ``argmax`` is the default.
     The decoder is regularised by the shared regularisers (L2 / GP w.r.t. the relaxed code z /
-    SN). Latent penalty (our definition, the analogue of the RAE's beta/2 ||z||^2, whose value
-    is the constant N for one-hot codes): beta * 1/2 * sum_{n,k} (l_nk - mean_k l_nk)^2, mean
-    over the batch. It bounds the logits (softmax is shift-invariant, hence the centring), which
+    SN). Latent term (our definition, the analogue of the RAE's 1/2 ||z||^2, whose value
+    is the constant N for one-hot codes; distributions.CategoricalCode): 1/2 * sum_{n,k}
+    (l_nk - mean_k l_nk)^2. It bounds the logits (softmax is shift-invariant, hence the centring), which
     keeps the straight-through gradient of the softmax from vanishing as logits grow.
 
 Temperature (both types): tau_t = max(tau_min, tau * exp(-tau_rate * t0)) where t0 is the step
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributions import CategoricalCode, FactorizedCategorical
 from .latents import Latent, LatentOutput
 from .registry import LATENTS
 
@@ -140,82 +140,50 @@ class _CategoricalBase(Latent):
 
 @LATENTS.register("gumbel")
 class GumbelLatent(_CategoricalBase):
-    """Categorical posterior relaxed with Gumbel-softmax; KL to the uniform prior."""
+    """Categorical posterior relaxed with Gumbel-softmax; its latent term is KL(q || prior)."""
 
     stochastic = True
 
-    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, beta: float = 1.0,
-                 kl_anneal_steps: int = 0, straight_through: bool = False, **tau_kwargs: Any) -> None:
+    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, straight_through: bool = False,
+                 **tau_kwargs: Any) -> None:
         super().__init__(in_dim, n_vars, n_classes, **tau_kwargs)
-        self.beta, self.kl_anneal_steps, self.hard = beta, kl_anneal_steps, straight_through
+        self.hard = straight_through
 
     @classmethod
     def from_config(cls, cfg: Any, in_dim: int) -> "GumbelLatent":
-        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.beta, cfg.kl_anneal_steps, cfg.straight_through,
+        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.straight_through,
                    tau=cfg.tau, tau_min=cfg.tau_min, tau_rate=cfg.tau_rate, tau_every=cfg.tau_every)
 
+    def _relax(self, log_q: Tensor) -> Tensor:
+        return gumbel_softmax_sample(log_q, self.tau, self.hard)
+
     def forward(self, h: Tensor) -> LatentOutput:
-        log_q = self.logits(h)
-        code = self.flat(hard_one_hot(log_q))
-        z = self.flat(gumbel_softmax_sample(log_q, self.tau, self.hard)) if self.training else code
-        return LatentOutput(z=z, code=code, stats={"log_q": log_q})
-
-    def beta_at(self, step: int) -> float:
-        if self.kl_anneal_steps <= 0:
-            return self.beta
-        return self.beta * min(1.0, step / self.kl_anneal_steps)
-
-    def kl(self, out: LatentOutput) -> Tensor:
-        """sum over variables of KL(q(y_n|x) || Uniform(K)), [B]."""
-        return categorical_kl_uniform(out.stats["log_q"])
-
-    def penalty(self, out: LatentOutput, step: int) -> Tensor:
-        return self.beta_at(step) * self.kl(out).mean()
-
-    def sample_posterior(self, out: LatentOutput, k: int, generator: torch.Generator | None = None
-                         ) -> tuple[Tensor, Tensor]:
-        """k exact (one-hot) draws y ~ q(y|x) and log q(y|x) - log p(y).
-
-        Returns z [k, B, N*K] and log-ratio [k, B] (p = uniform: log p(y) = -N log K).
-        """
-        log_q = out.stats["log_q"]  # [B, N, K]
-        b = log_q.shape[0]
-        idx = torch.multinomial(log_q.exp().reshape(-1, self.n_classes), k, replacement=True,
-                                generator=generator)  # [B*N, k]
-        idx = idx.T.reshape(k, b, self.n_vars)
-        lq = log_q.unsqueeze(0).expand(k, -1, -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
-        z = F.one_hot(idx, self.n_classes).float().reshape(k, b, self.code_dim)
-        return z, lq + self.n_vars * math.log(self.n_classes)
+        q = FactorizedCategorical(self.logits(h), self._relax)
+        z = q.rsample() if self.training else q.code
+        return LatentOutput(z=z, code=q.code, stats={"log_q": q.log_q}, posterior=q)
 
 
 @LATENTS.register("categorical")
 class CategoricalLatent(_CategoricalBase):
     """Deterministic categorical code (discrete RAE / AE): argmax + straight-through, or softmax."""
 
-    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, beta: float = 0.0,
-                 mode: str = "argmax", **tau_kwargs: Any) -> None:
+    def __init__(self, in_dim: int, n_vars: int = 30, n_classes: int = 10, mode: str = "argmax",
+                 **tau_kwargs: Any) -> None:
         super().__init__(in_dim, n_vars, n_classes, **tau_kwargs)
         if mode not in CATEGORICAL_MODES:
             raise ValueError(f"categorical_mode {mode!r}: choose one of {', '.join(CATEGORICAL_MODES)}")
-        self.beta, self.mode = beta, mode
+        self.mode = mode
 
     @classmethod
     def from_config(cls, cfg: Any, in_dim: int) -> "CategoricalLatent":
-        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.beta, cfg.categorical_mode,
+        return cls(in_dim, cfg.n_vars, cfg.n_classes, cfg.categorical_mode,
                    tau=cfg.tau, tau_min=cfg.tau_min, tau_rate=cfg.tau_rate, tau_every=cfg.tau_every)
 
-    def forward(self, h: Tensor) -> LatentOutput:
-        log_q = self.logits(h)
-        code = self.flat(hard_one_hot(log_q))
-        if not self.training:
-            return LatentOutput(z=code, code=code, stats={"log_q": log_q})
+    def _relax(self, log_q: Tensor) -> Tensor:
         soft = torch.softmax(log_q / self.tau, dim=-1)
-        z = straight_through(soft) if self.mode == "argmax" else soft
-        return LatentOutput(z=self.flat(z), code=code, stats={"log_q": log_q})
+        return straight_through(soft) if self.mode == "argmax" else soft
 
-    def penalty(self, out: LatentOutput, step: int) -> Tensor:
-        if self.beta == 0:
-            return out.z.new_zeros(())
-        log_q = out.stats["log_q"]
-        centred = log_q - log_q.mean(-1, keepdim=True)
-        return self.beta * 0.5 * centred.pow(2).sum((-2, -1)).mean()
+    def forward(self, h: Tensor) -> LatentOutput:
+        q = CategoricalCode(self.logits(h), self._relax)
+        z = q.rsample() if self.training else q.code
+        return LatentOutput(z=z, code=q.code, stats={"log_q": q.log_q}, posterior=q)

@@ -1,15 +1,18 @@
 """The one model class: a composition of parts.
 
-    x --encoder--> h --latent--> z --decoder--> output --likelihood--> -log p(x|z)
+    x --encoder--> h --latent--> q(z|x), z --decoder--> output --likelihood--> -log p(x|z)
+                                  prior p(z)            regulariser (decoder)
 
-    loss = likelihood.nll(output, x).mean()        reconstruction (nats per example)
-         + latent.penalty(z)                       KL (VAE) or beta/2 ||z||^2 (RAE)
-         + regularizer.penalty(z, mean output)     gradient penalty (RAE-GP), else 0
+The objective (objectives.py) turns these into the loss; for the shared ``penalized`` one:
+
+    loss = likelihood.nll(output, x).mean()             reconstruction (nats per example)
+         + beta_t * posterior.divergence(prior).mean()   KL (VAE) or 1/2 ||z||^2 (RAE)
+         + regularizer.penalty(z, mean output)           gradient penalty (RAE-GP), else 0
     (L2 lives in the optimiser's decoder-only parameter group; SN inside the decoder.)
 
-A VAE and an RAE built by the same builder differ only in ``latent`` and ``regularizer``.
-Models own their loss and their optimiser; the trainer only calls :meth:`loss` and
-:meth:`configure_optimizer`.
+A VAE and an RAE differ only in ``latent`` and ``regularizer`` (zoo.py). Models own their
+loss, optimizers and training phases; the trainer only calls :meth:`configure_optimizers`,
+:meth:`phases` and :meth:`loss`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributions import Prior, StandardNormal
 from .latents import Latent, LatentOutput
+from .objectives import Objective, Phase
 from .regularizers import DecoderRegularizer
 
 
@@ -59,18 +64,23 @@ class SequenceLikelihood(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    """encoder + latent + decoder + likelihood + decoder regulariser.
+    """encoder + latent + decoder + likelihood + decoder regulariser + prior + objective.
 
     ``codec`` is the domain codec (grammar, characters, pixels); it is plain data, not a module.
+    ``prior`` defaults to N(0, I) over the code; ``objective`` to the caller's choice (required
+    for training: :meth:`loss` delegates to it).
     """
 
     def __init__(self, encoder: nn.Module, latent: Latent, decoder: nn.Module, likelihood: nn.Module,
-                 regularizer: DecoderRegularizer, codec: Any = None) -> None:
+                 regularizer: DecoderRegularizer, codec: Any = None, prior: Prior | None = None,
+                 objective: Objective | None = None) -> None:
         super().__init__()
         self.encoder, self.latent, self.likelihood = encoder, latent, likelihood
         self.regularizer = regularizer
         self.decoder = regularizer.prepare(decoder)
         self.codec = codec
+        self.prior = prior if prior is not None else StandardNormal(latent.code_dim)
+        self.objective = objective
 
     # --- training --------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[LatentOutput, Tensor]:
@@ -88,23 +98,50 @@ class AutoEncoder(nn.Module):
         return contextlib.nullcontext()
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
-        """Loss terms for a batch; ``loss`` is what is minimised. All scalars."""
-        lat, out = self(x)
-        rec = self.likelihood.nll(out, x).mean()
-        latent_term = self.latent.penalty(lat, step)
-        reg = (self.regularizer.penalty(lat.z, self.likelihood.mean(out, x))
-               if self.regularizer.needs_penalty and self.training else rec.new_zeros(()))
-        # Likelihoods with learned parameters (e.g. the pixel variance) report them for the log.
-        extra = self.likelihood.logged_terms() if hasattr(self.likelihood, "logged_terms") else {}
-        return {"loss": rec + latent_term + reg, "rec": rec.detach(), "latent": latent_term.detach(),
-                "reg": reg.detach(), **extra}
+        """Loss terms of the objective for a batch; ``loss`` is what is minimised. All scalars."""
+        if self.objective is None:
+            raise RuntimeError("this model was built without an objective; it cannot compute a loss")
+        return self.objective.terms(self, x, step)
+
+    def decoder_penalty(self, lat: LatentOutput, out: Tensor, x: Tensor) -> Tensor:
+        """The decoder regulariser's penalty (gradient penalty) in training, else 0 (a scalar)."""
+        if self.regularizer.needs_penalty and self.training:
+            return self.regularizer.penalty(lat.z, self.likelihood.mean(out, x))
+        return lat.z.new_zeros((), dtype=torch.float32)
+
+    def likelihood_terms(self) -> dict[str, Tensor]:
+        """Learned likelihood parameters (e.g. the pixel variance) for the training log."""
+        return self.likelihood.logged_terms() if hasattr(self.likelihood, "logged_terms") else {}
+
+    def parameters_except(self, *modules: nn.Module) -> list[nn.Parameter]:
+        """Model parameters outside ``modules`` (e.g. not a discriminator's)."""
+        skip = {id(p) for m in modules for p in m.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def configure_optimizer(self, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-        """AdamW whose parameter groups carry the decoder regulariser's weight decay (L2)."""
+        """AdamW whose parameter groups carry the decoder regulariser's weight decay (L2).
+
+        Parameters that belong to an objective's own optimizers (e.g. a discriminator) are left out.
+        """
         decoder_ids = {id(p) for p in self.decoder.parameters()}
-        others = [p for p in self.parameters() if id(p) not in decoder_ids]
+        others = [p for p in self.parameters_except(*self._objective_modules()) if id(p) not in decoder_ids]
         groups = [g for g in self.regularizer.param_groups(self.decoder, others) if g["params"]]
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+    def _objective_modules(self) -> list[nn.Module]:
+        """The objective's own networks (discriminators, critics): its own optimizers train them."""
+        return [self.objective] if self.objective is not None else []
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        """Every optimizer by name: "main" (:meth:`configure_optimizer`) plus the objective's."""
+        extra = self.objective.extra_optimizers(self, lr) if self.objective is not None else {}
+        return {"main": self.configure_optimizer(lr), **extra}
+
+    def phases(self) -> list[Phase]:
+        """The phases of one training step (objectives.Phase); one phase for most models."""
+        if self.objective is None:
+            return [Phase("main", "main", self.loss)]
+        return self.objective.phases(self)
 
     def on_step(self, step: int) -> dict[str, float]:
         """Per-step schedules owned by the model (e.g. Gumbel temperature)."""

@@ -65,6 +65,7 @@ class ModelSpec:
     run on several domains with different networks (e.g. ``gumbel_vae`` on images and on
     sequences); :meth:`config_for` picks. ``build(config, codec) -> AutoEncoder``.
     ``domains`` lists the domains it runs on; ``sampler`` is the default ex-post sampler.
+    ``row`` names the zoo row (zoo.py) it comes from (itself, or the row an alias stands for).
     """
 
     name: str
@@ -73,7 +74,7 @@ class ModelSpec:
     build: Callable[..., Any]
     domains: tuple[str, ...]
     sampler: str
-    family: str = "sequence"
+    row: str = ""
 
     def config_for(self, domain: str) -> Any:
         """The default config of this model on ``domain``."""
@@ -82,10 +83,24 @@ class ModelSpec:
         return self.config
 
 
+@dataclass(frozen=True)
+class Family:
+    """A network family: the config class of its models, the domains it serves and
+    ``networks(config, codec) -> models.build.Networks`` (encoder, decoder factory, likelihood)."""
+
+    name: str
+    config: type
+    networks: Callable[..., Any]
+    domains: tuple[str, ...]
+
+
 MODELS: Registry[ModelSpec] = Registry("model")
+FAMILIES: Registry[Family] = Registry("network family")
 SAMPLERS: Registry[type] = Registry("sampler")
 REGULARIZERS: Registry[type] = Registry("decoder regulariser")
 LATENTS: Registry[type] = Registry("latent type")
+PRIORS: Registry[type] = Registry("prior")
+OBJECTIVES: Registry[type] = Registry("objective")
 DOMAINS: Registry[Any] = Registry("domain")
 
 

@@ -16,7 +16,7 @@ from .catalog import load_all
 from .config import DataConfig, EvalConfig, RunConfig, TrainConfig, from_dict, load_toml, resolve_sections
 from .errors import UsageError
 from .presets import get_preset
-from .registry import DOMAINS, MODELS
+from .registry import DOMAINS, LATENTS, MODELS, PRIORS
 from .validate import validate_run
 
 SECTIONS = ("model", "train", "data", "eval")
@@ -55,9 +55,22 @@ def resolve_run_config(domain: str, model: str | None = None, preset: str = "qui
                                 "eval": EvalConfig()}
     values = {name: dict(overrides.get(name, {})) for name in defaults}
     sections, explicit = resolve_sections(defaults, preset_values, file_cfg, values, file_name=str(config_file or ""))
+    _prior_follows_latent(sections["model"], explicit.get("model", {}))
     run = RunConfig(domain=domain, model_name=model_name, preset=preset, explicit=explicit, **sections)
     validate(run)
     return run
+
+
+def _prior_follows_latent(model_cfg: Any, explicit: dict[str, str]) -> None:
+    """A latent switched to the other kind (``--latent gumbel`` on an RAE) takes that kind's
+    standard prior unless the prior was set too (then validation checks that they fit)."""
+    from .distributions import STANDARD_PRIORS
+
+    if "prior" in explicit or not hasattr(model_cfg, "prior"):
+        return
+    kind = "discrete" if getattr(LATENTS.get(model_cfg.latent), "discrete", False) else "continuous"
+    if getattr(PRIORS.get(model_cfg.prior), "kind", "continuous") != kind:
+        model_cfg.prior = STANDARD_PRIORS[kind]
 
 
 def validate(run: RunConfig) -> None:
@@ -71,6 +84,6 @@ def run_config_from_checkpoint(ckpt: dict[str, Any]) -> RunConfig:
     spec = MODELS.get(ckpt["model_name"])
     cfg = ckpt["config"]
     return RunConfig(domain=ckpt["domain"], model_name=ckpt["model_name"],
-                     model=from_dict(type(spec.config_for(ckpt["domain"])), cfg["model"]),
+                     model=from_dict(spec.config_for(ckpt["domain"]), cfg["model"]),
                      train=from_dict(TrainConfig, cfg["train"]), data=from_dict(DataConfig, cfg["data"]),
                      eval=from_dict(EvalConfig, cfg["eval"]), preset=ckpt.get("preset", ""))

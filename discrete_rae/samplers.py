@@ -6,7 +6,9 @@ state as plain tensors/floats so a checkpoint stays loadable with ``weights_only
 they draw with torch, so every call gives fresh draws unless a generator is passed.
 
 Continuous samplers over codes [N, D]:
-- ``prior``: N(0, I) (the VAE's prior; for an RAE it shows what the lack of a prior costs).
+- ``prior``: the model's prior p(z) (N(0, I) unless the model has another; for an RAE it
+  shows what the lack of a prior its codes follow costs). It stores the prior's exported plain
+  data (distributions.Prior.export), bound by :meth:`Sampler.bind`.
 - ``gaussian``: one full-covariance Gaussian fitted by maximum likelihood.
 - ``gmm``: a k-component full-covariance Gaussian mixture (sklearn GaussianMixture, paper
   defaults k=10, max_iter 2000, tol 1e-3) fitted on at most ``max_fit`` (10,000) random codes;
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .registry import SAMPLERS
+from .registry import PRIORS, SAMPLERS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,11 @@ class Sampler:
     def __init__(self, **kwargs: Any) -> None:
         self.options = kwargs
         self.dim: int | None = None
+
+    def bind(self, model: Any) -> "Sampler":
+        """Read what the sampler needs from the model before :meth:`fit` (the ``prior`` sampler:
+        the model's prior); other samplers need only the codes. Returns self."""
+        return self
 
     def fit(self, codes: Tensor, seed: int = 0) -> "Sampler":
         """Fit to codes [N, D] (float). Returns self."""
@@ -69,17 +76,49 @@ def build_sampler(name: str, **options: Any) -> Sampler:
     return SAMPLERS.get(name)(**options)
 
 
+def fit_sampler(name: str, codes: Tensor, seed: int = 0, model: Any = None, **options: Any) -> Sampler:
+    """Build sampler ``name``, bind it to ``model`` (when given) and fit it to codes [N, D]."""
+    sampler = build_sampler(name, **options)
+    if model is not None:
+        sampler.bind(model)
+    return sampler.fit(codes, seed=seed)
+
+
 @SAMPLERS.register("prior")
 class PriorSampler(Sampler):
-    """N(0, I) in the code space; fit only records the dimension."""
+    """Draws from the model's prior (N(0, I) when it was not bound to a model)."""
 
     name = "prior"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prior_name, self.prior_state = "standard_normal", None
+
+    def bind(self, model: Any) -> "PriorSampler":
+        prior = getattr(model, "prior", None)
+        if prior is not None:
+            self.prior_name = next(n for n, cls in PRIORS.items() if cls is type(prior))
+            self.prior_state = prior.export()
+        return self
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.dim, generator=generator)
+        if self.prior_state is None:
+            return torch.randn(n, self.dim, generator=generator)
+        return PRIORS.get(self.prior_name).sample_exported(self.prior_state, n, generator)
 
     def log_prob(self, codes: Tensor) -> Tensor:
-        return -0.5 * (codes.pow(2).sum(-1) + codes.shape[1] * math.log(2 * math.pi))
+        if self.prior_state is None:
+            return -0.5 * (codes.pow(2).sum(-1) + codes.shape[1] * math.log(2 * math.pi))
+        return PRIORS.get(self.prior_name).log_prob_exported(self.prior_state, codes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "prior_name": self.prior_name, "prior_state": self.prior_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "PriorSampler":
+        super().load_state_dict(state)
+        self.prior_name = state.get("prior_name", "standard_normal")
+        self.prior_state = state.get("prior_state")
+        return self
 
 
 def _cholesky(cov: Tensor, ridge: float) -> Tensor:

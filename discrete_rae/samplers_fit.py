@@ -60,7 +60,7 @@ def fit_sampler(run_dir: Path, name: str, device: torch.device | None = None, se
     prepared = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"], progress=progress)
     codes = domain.encode(loaded.model, prepared.train, device)
     t0 = time.monotonic()
-    sampler = build_sampler(name, **sampler_options(name, loaded.run, options))
+    sampler = build_sampler(name, **sampler_options(name, loaded.run, options)).bind(loaded.model)
     sampler.fit(codes, seed=loaded.run.train.seed if seed is None else seed)
     log.info("fitted sampler %s on %d codes of %s in %.1fs", name, len(codes), run_dir, time.monotonic() - t0)
     payload = dict(loaded.checkpoint)

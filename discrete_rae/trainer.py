@@ -1,5 +1,12 @@
-"""A generic trainer: it knows ``model.loss(x, step)`` and ``model.configure_optimizer(lr)``,
-nothing about any model.
+"""A generic trainer: it knows ``model.configure_optimizers(lr)``, ``model.phases()`` and
+``model.loss(x, step)``, nothing about any model.
+
+Phases: one training step runs the model's phases in order (objectives.Phase: a loss, the name
+of the optimizer that minimises it, how many repeats per batch); most models have one phase
+and one optimizer ("main"). Adversarial models add e.g. a discriminator phase with its own
+optimizer. Every optimizer has its learning-rate schedule and is checkpointed and restored;
+the NaN guard checks every phase's loss; validation and early stopping use ``model.loss``
+(the first phase's terms).
 
 Features: AdamW from the model, ReduceLROnPlateau on the validation loss or a linear warm-up /
 decay schedule over a step budget, gradient clipping, bf16 autocast on CUDA, early stopping (best
@@ -31,7 +38,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,6 +51,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries, save_atomic
 from .config import ConfigError, TrainConfig
+from .io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +73,31 @@ class DistInfo:
 
 
 class _LossModule(nn.Module):
-    """Wraps ``model.loss`` as ``forward`` so DDP's gradient hooks see the call."""
+    """Wraps the phases' losses as ``forward`` so DDP's gradient hooks see the call."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, phases: list[Any]) -> None:
         super().__init__()
         self.model = model
+        self._phases = phases
 
-    def forward(self, x: Tensor, step: int) -> dict[str, Tensor]:
-        return self.model.loss(x, step)
+    def forward(self, x: Tensor, step: int, phase: int = 0) -> dict[str, Tensor]:
+        return self._phases[phase].loss(x, step)
+
+
+def model_phases(model: nn.Module) -> list[Any]:
+    """The model's training phases; a model without ``phases`` has one: its loss, "main"."""
+    if hasattr(model, "phases"):
+        return list(model.phases())
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(name="main", optimizer="main", loss=model.loss, repeats=1)]
+
+
+def model_optimizers(model: nn.Module, lr: float) -> dict[str, torch.optim.Optimizer]:
+    """{name: optimizer}; "main" first. Models with one optimizer give ``configure_optimizer``."""
+    if hasattr(model, "configure_optimizers"):
+        return dict(model.configure_optimizers(lr))
+    return {"main": model.configure_optimizer(lr)}
 
 
 def rng_state() -> dict[str, Any]:
@@ -179,17 +203,22 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.progress = progress and self.dist.is_main
         _check_config(cfg)
-        self.optimizer = model.configure_optimizer(cfg.lr)
+        self.optimizers = model_optimizers(model, cfg.lr)
+        self.phases = model_phases(model)
+        unknown = {p.optimizer for p in self.phases} - set(self.optimizers)
+        if unknown:
+            raise ConfigError(f"training phases name optimizer(s) {sorted(unknown)} that the model does not "
+                              f"configure (it has: {', '.join(self.optimizers)})")
         # plateau: stepped per epoch; linear: the rate is a function of the step (see _set_lr),
         # so resume is exact without scheduler state. The plateau state is checkpointed either way.
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
-        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.schedulers = {name: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=cfg.lr_factor, patience=cfg.lr_patience) for name, opt in self.optimizers.items()}
+        self._base_lrs = {name: [group["lr"] for group in opt.param_groups] for name, opt in self.optimizers.items()}
         self._total_steps = 0  # linear schedule: set by fit from max_steps or epochs
         self._lengths: Tensor | None = None  # sequence lengths of the training set (bucketing)
         self.state = TrainState()
         self._best_weights: dict[str, Tensor] | None = None
-        self.step_fn = _LossModule(model)
+        self.step_fn = _LossModule(model, self.phases)
         if self.dist.world_size > 1:
             self.step_fn = self._wrap_ddp(model, device)
         if cfg.compile:
@@ -204,7 +233,14 @@ class Trainer:
         if device.type == "cuda":
             nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root; same parameters
         ids = [device.index] if device.type == "cuda" and device.index is not None else None
-        return DistributedDataParallel(_LossModule(model), device_ids=ids)
+        # several phases touch different parameters: DDP must not wait for unused ones
+        return DistributedDataParallel(_LossModule(model, self.phases), device_ids=ids,
+                                       find_unused_parameters=len(self.phases) > 1)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The "main" optimizer (the only one of single-phase models)."""
+        return self.optimizers["main"]
 
     # --- checkpointing ------------------------------------------------------------------------
     @property
@@ -213,14 +249,23 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         s = self.state
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: sch.state_dict() for n, sch in self.schedulers.items()},
                 "epoch": s.epoch, "step": s.step, "best_val": s.best_val, "bad_epochs": s.bad_epochs,
                 "seconds": s.seconds, "stopped": s.stopped, "history": s.history, "rng": rng_state(),
                 "best_weights": self._best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # checkpoints before several optimizers existed hold one "optimizer" / "scheduler"
+        optimizers = state.get("optimizers", {"main": state.get("optimizer")})
+        schedulers = state.get("schedulers", {"main": state.get("scheduler")})
+        missing = set(self.optimizers) - {n for n, v in optimizers.items() if v is not None}
+        if missing:
+            raise KeyError(f"the checkpoint holds no state for optimizer(s) {sorted(missing)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(optimizers[name])
+            if schedulers.get(name) is not None:
+                self.schedulers[name].load_state_dict(schedulers[name])
         self.state = TrainState(state["epoch"], state["step"], state["best_val"], state["bad_epochs"],
                                 state["seconds"], state["stopped"], list(state["history"]))
         self._best_weights = state["best_weights"]
@@ -248,8 +293,9 @@ class Trainer:
             return
         warmup = int(round(self.cfg.warmup_fraction * self._total_steps))
         factor = lr_factor(self.state.step, self._total_steps, warmup)
-        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
-            group["lr"] = base * factor
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self._base_lrs[name]):
+                group["lr"] = base * factor
 
     def _training_lengths(self, data: Tensor) -> Tensor | None:
         """Lengths for bucketing: padded id sequences of a model with a codec, else None."""
@@ -303,19 +349,27 @@ class Trainer:
                 f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
         return over > 0
 
-    def _optimizer_step(self, terms: dict[str, Tensor]) -> None:
-        """Backward, clip (a non-finite gradient norm stops training), step."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def _optimizer_step(self, terms: dict[str, Tensor], name: str = "main") -> None:
+        """Backward, clip (a non-finite gradient norm stops training), step optimizer ``name``.
+
+        Gradients of every model parameter are cleared first, so a phase never steps with
+        gradients another phase left behind; clipping covers this optimizer's parameters.
+        """
+        optimizer = self.optimizers[name]
+        self.model.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if self.cfg.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            # in the model's parameter order: the norm's float sum then matches one-optimizer training
+            mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            params = [p for p in self.model.parameters() if id(p) in mine]
+            norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             if not torch.isfinite(norm):
                 shown = {k: float(v.detach()) for k, v in terms.items()}
                 raise NonFiniteLossError(
                     f"non-finite gradient norm at step {self.state.step} (epoch {self.state.epoch + 1}): "
                     f"loss terms {shown}; the last good checkpoint is "
                     f"{self.checkpoint_path or 'the one written by rank 0'}")
-        self.optimizer.step()
+        optimizer.step()
 
     def _seed_rank(self) -> None:
         """DDP: reseed this rank's model noise from (seed, epoch, rank) at each epoch."""
@@ -333,10 +387,7 @@ class Trainer:
         for idx in bar:
             extra = self.model.on_step(self.state.step)
             self._set_lr()
-            with self._autocast():
-                terms = self.step_fn(self._to_device(data[idx]), self.state.step)
-            over = self._check_step(terms, deadline)
-            self._optimizer_step(terms)
+            terms, over = self._train_step(self._to_device(data[idx]), deadline)
             self.state.step += 1
             seen += 1
             for k, v in terms.items():
@@ -357,6 +408,24 @@ class Trainer:
         keys = sorted(sums)
         totals = self._all_reduce([float(seen)] + [sums[k] for k in keys])
         return {k: v / max(totals[0], 1) for k, v in zip(keys, totals[1:])}
+
+    def _train_step(self, x: Tensor, deadline: float) -> tuple[dict[str, Tensor], bool]:
+        """Every phase on one batch. Returns the logged terms (later phases prefixed with their
+        name) and whether the time budget is spent (checked once per step, in the first phase)."""
+        logged: dict[str, Tensor] = {}
+        over = False
+        for i, phase in enumerate(self.phases):
+            for _ in range(phase.repeats):
+                with self._autocast():
+                    terms = self.step_fn(x, self.state.step, i)
+                if i == 0:
+                    over = self._check_step(terms, deadline)
+                else:
+                    self._check_step(terms, math.inf)
+                self._optimizer_step(terms, phase.optimizer)
+            prefix = "" if i == 0 else f"{phase.name}/"
+            logged.update({prefix + k: v for k, v in terms.items()})
+        return logged, over
 
     @torch.no_grad()
     def evaluate(self, data: Tensor) -> dict[str, float]:
@@ -395,7 +464,8 @@ class Trainer:
                     f"non-finite validation loss after step {s.step} (epoch {s.epoch + 1}): {val_terms}; "
                     f"the last good checkpoint is {self.checkpoint_path or 'the one written by rank 0'}")
             if cfg.lr_schedule == "plateau":
-                self.scheduler.step(val_terms["loss"])
+                for scheduler in self.schedulers.values():
+                    scheduler.step(val_terms["loss"])
             s.epoch += 1
             s.seconds = time.monotonic() - start
             self._track_best(val_terms["loss"])
@@ -421,10 +491,7 @@ class Trainer:
         if self.run_dir is None or not self.dist.is_main:
             return
         remove_stale_temporaries(self.run_dir / "checkpoint.pt")
-        path = self.run_dir / "metrics.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.state.history))
-        os.replace(tmp, path)
+        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in self.state.history))
 
     def _track_best(self, val_loss: float) -> None:
         if val_loss < self.state.best_val - 1e-6:

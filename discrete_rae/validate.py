@@ -23,11 +23,12 @@ from typing import Any, Iterable
 from .config import RunConfig, choice_names, field_rules, flag_name
 from .errors import UsageError
 from .catalog import load_all
-from .registry import DOMAINS, LATENTS, MODELS, SAMPLERS
+from .registry import DOMAINS, LATENTS, MODELS, PRIORS, SAMPLERS
 
 # How the components named in ``applies`` rules read in messages.
 COMPONENT_WORDS = {"latent": "latent", "codec": "codec", "encoder": "encoder", "decoder": "decoder",
-                   "likelihood": "likelihood", "decoder_reg": "decoder regulariser", "domain": "domain"}
+                   "likelihood": "likelihood", "decoder_reg": "decoder regulariser", "prior": "prior",
+                   "objective": "objective", "domain": "domain"}
 
 
 def validate_run(run: RunConfig) -> None:
@@ -149,6 +150,11 @@ def check_combinations(run: RunConfig) -> None:
             raise UsageError(f"{label_of(run, 'model', 'latent')} {m.latent!r}: the default sampler {default!r} "
                              f"of {run.model_name} does not fit a {kind} latent; pass --sampler "
                              f"({' | '.join(fitting)})")
+    prior_kind = getattr(PRIORS.get(m.prior), "kind", "continuous")
+    if (prior_kind == "discrete") != discrete:
+        fitting = [n for n, cls in PRIORS.items() if (getattr(cls, "kind", "") == "discrete") == discrete]
+        raise UsageError(f"{label_of(run, 'model', 'prior')} {m.prior!r} is a {prior_kind} prior but the latent "
+                         f"{m.latent!r} is {kind}; pass --prior ({' | '.join(fitting)})")
     grammar = getattr(m, "grammar", "")
     if grammar and not grammar.startswith(DOMAINS.get(run.domain).grammar_name):
         raise UsageError(f"--grammar {grammar!r} does not describe the {run.domain} domain")

@@ -8,7 +8,8 @@ import torch
 from discrete_rae.beam import beam_search, constrained_log_probs, sequence_log_prob
 from discrete_rae.codecs import CharCodec, GrammarCodec
 from discrete_rae.grammar import Grammar, select
-from discrete_rae.models.sequence import SequenceModelConfig, build_sequence_model
+from discrete_rae.models.build import build_model as build_sequence_model
+from discrete_rae.models.sequence import SequenceModelConfig
 
 SMOKE = dict(enc_hidden=32, latent_dim=6, dec_hidden=32, embed_dim=8, conv_channels=(3,), conv_kernels=(3,))
 

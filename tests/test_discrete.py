@@ -14,6 +14,7 @@ from discrete_rae.grammar import Grammar
 from discrete_rae.latents_discrete import (CategoricalLatent, GumbelLatent, categorical_kl_uniform,
                                            gumbel_softmax_sample, sample_gumbel, temperature_at)
 from discrete_rae.catalog import load_all
+from discrete_rae.distributions import CategoricalCode, UniformCategorical
 from discrete_rae.registry import MODELS, SAMPLERS
 from discrete_rae.samplers import build_sampler, sampler_from_state
 
@@ -65,7 +66,7 @@ def test_kl_is_zero_for_uniform_logits_and_positive_otherwise():
     with torch.no_grad():
         lat.head.weight.zero_(), lat.head.bias.zero_()
     out = lat.eval()(torch.randn(3, 8))
-    assert torch.equal(lat.kl(out), torch.zeros(3))
+    assert torch.equal(out.posterior.kl(UniformCategorical(20, 4, 5)), torch.zeros(3))
     log_q = torch.log_softmax(torch.tensor([[[5.0, 0, 0, 0, 0]]]), -1)
     expected = float((log_q.exp() * (log_q + math.log(5))).sum())
     assert categorical_kl_uniform(log_q).item() == pytest.approx(expected) and expected > 0
@@ -107,20 +108,24 @@ def test_codes_are_one_hot_and_evaluation_is_deterministic():
 
 
 def test_categorical_logit_penalty_is_shift_invariant():
-    lat = CategoricalLatent(4, 2, 3, beta=0.5)
-    out = lat.train()(torch.randn(3, 4))
-    shifted = type(out)(z=out.z, code=out.code, stats={"log_q": out.stats["log_q"] + 7.0})
-    assert lat.penalty(out, 0).item() == pytest.approx(lat.penalty(shifted, 0).item(), rel=1e-5)
-    assert CategoricalLatent(4, 2, 3, beta=0.0).penalty(out, 0).item() == 0.0
+    lat = CategoricalLatent(4, 2, 3)
+    prior = UniformCategorical(6, 2, 3)
+    q = lat.train()(torch.randn(3, 4)).posterior
+    shifted = CategoricalCode(q.log_q + 7.0)
+    assert torch.allclose(q.divergence(prior), shifted.divergence(prior), rtol=1e-5)
+    assert (q.divergence(prior) > 0).all()
 
 
 def test_posterior_draws_and_log_ratio():
     lat = GumbelLatent(4, n_vars=2, n_classes=3).eval()
     out = lat(torch.randn(5, 4))
-    z, log_ratio = lat.sample_posterior(out, 16, torch.Generator().manual_seed(0))
+    z, log_q = out.posterior.sample(16, torch.Generator().manual_seed(0))
     assert z.shape == (16, 5, 6) and torch.equal(z.view(16, 5, 2, 3).sum(-1), torch.ones(16, 5, 2))
     lq = (out.stats["log_q"].unsqueeze(0) * z.view(16, 5, 2, 3)).sum((-2, -1))
-    assert torch.allclose(log_ratio, lq + 2 * math.log(3), atol=1e-5)
+    assert torch.allclose(log_q, lq, atol=1e-5)
+    assert torch.allclose(out.posterior.log_prob(z), lq, atol=1e-5)
+    prior = UniformCategorical(6, 2, 3)
+    assert torch.allclose(log_q - prior.log_prob(z), lq + 2 * math.log(3), atol=1e-5)
 
 
 # --- ex-post samplers over codes -------------------------------------------------------------------

@@ -17,7 +17,8 @@ from discrete_rae.config import replace
 from discrete_rae.data.images import ImageDataError, load_mnist5k, mnist5k_path, read_mnist5k
 from discrete_rae.domains import images as image_domain
 from discrete_rae.domains.images import PixelCodec, load_images
-from discrete_rae.models.images import GAMMA_STEP_SCALE, PixelLikelihood, build_image_model
+from discrete_rae.models.build import build_model as build_image_model
+from discrete_rae.models.images import GAMMA_STEP_SCALE, PixelLikelihood
 from discrete_rae.registry import MODELS
 
 def _installed() -> bool:

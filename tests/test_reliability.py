@@ -45,12 +45,12 @@ progress = os.environ.get("DRAE_TEST_PROGRESS")
 if delay or progress:
     from discrete_rae import trainer
     forward = trainer._LossModule.forward
-    def traced(self, x, step):
+    def traced(self, x, step, phase=0):
         if progress:
             with open(progress, "w") as fh:
                 fh.write(str(step))
         time.sleep(delay)
-        return forward(self, x, step)
+        return forward(self, x, step, phase)
     trainer._LossModule.forward = traced
 from discrete_rae.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
@@ -191,8 +191,8 @@ def test_non_finite_stops_with_exit_3_and_keeps_the_last_checkpoint(tmp_path, ca
     forward = trainer_module._LossModule.forward
     bad_step = 8  # epoch 1 has 6 steps: the poison hits epoch 2
 
-    def poisoned(self, x, step):
-        terms = forward(self, x, step)
+    def poisoned(self, x, step, phase=0):
+        terms = forward(self, x, step, phase)
         if step >= bad_step and poison == "loss":
             terms = {**terms, "rec": terms["rec"] * float("nan")}
             terms["loss"] = terms["rec"] + terms["latent"]

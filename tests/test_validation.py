@@ -20,7 +20,7 @@ from discrete_rae.commands.train import parse_args, run_config_from_args
 from discrete_rae.config import (DataConfig, EvalConfig, RunConfig, TrainConfig, choice_names, field_rules,
                                  to_toml)
 from discrete_rae.errors import UsageError
-from discrete_rae.registry import DOMAINS, LATENTS, MODELS, REGULARIZERS, SAMPLERS
+from discrete_rae.registry import DOMAINS, LATENTS, MODELS, OBJECTIVES, PRIORS, REGULARIZERS, SAMPLERS
 from discrete_rae.runconfig import resolve_run_config
 from discrete_rae.validate import COMPONENT_WORDS, validate_run
 
@@ -73,6 +73,8 @@ def _names(module: str, attr: str) -> list[str]:
 UNKNOWN = [  # flags, the error's kind word, the names the error must list
     (["--latent", "foo"], "unknown latent type 'foo'", lambda: LATENTS.names()),
     (["--decoder-reg", "foo"], "unknown decoder regulariser 'foo'", lambda: REGULARIZERS.names()),
+    (["--prior", "foo"], "unknown prior 'foo'", lambda: PRIORS.names()),
+    (["--objective", "foo"], "unknown objective 'foo'", lambda: OBJECTIVES.names()),
     (["--sampler", "foo"], "unknown sampler 'foo'", lambda: SAMPLERS.names()),
     (["--model", "foo"], "unknown model 'foo'", lambda: MODELS.names()),
     (["--domain", "foo"], "unknown domain 'foo'", lambda: DOMAINS.names()),
@@ -147,10 +149,16 @@ def test_saved_config_toml_can_be_passed_back(tmp_path):
     assert again.sections() == run.sections()
 
 
+def test_a_prior_that_does_not_fit_the_latent_is_one_error(tmp_path, capsys):
+    err = _usage_error(tmp_path, capsys, "--model", "grammar_vae", "--prior", "uniform_categorical")
+    assert "continuous" in err and "standard_normal" in err, err
+
+
 def test_latent_that_the_default_sampler_cannot_fit_is_caught_before_training(tmp_path, capsys):
     err = _usage_error(tmp_path, capsys, "--latent", "gumbel")
     assert "default sampler 'gmm'" in err and "--sampler" in err and "cat_mixture" in err
-    assert _resolve("--latent", "gumbel", "--sampler", "cat_mixture").model.latent == "gumbel"
+    switched = _resolve("--latent", "gumbel", "--sampler", "cat_mixture").model
+    assert switched.latent == "gumbel" and switched.prior == "uniform_categorical"  # the prior follows
 
 
 # --- numbers ------------------------------------------------------------------------------------

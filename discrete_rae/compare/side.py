@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .stats import (POSTERIORS, _batches, _mc_mi_categorical, _mc_mi_gaussian, entropy_nats, log_weights)
+from .stats import (_batches, has_posterior_density, _mc_mi_categorical, _mc_mi_gaussian, entropy_nats, log_weights)
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,13 @@ class Side:
 
 def bounds(side: Side, x: Tensor, k: int) -> dict[str, float]:
     """Negative ELBO and importance-weighted bound (nats per example) for stochastic latents."""
-    name = side.run.model.latent
-    if name not in POSTERIORS:
+    if not has_posterior_density(side.model):
         return {}
     side.model.eval()
     g = torch.Generator().manual_seed(side.run.train.seed + 11)
     elbo, iwae = [], []
     for xb in _batches(x, 64):
-        lw = log_weights(side.model, name, xb.to(side.device), k, g).cpu()
+        lw = log_weights(side.model, xb.to(side.device), k, g).cpu()
         elbo.append(lw.mean(0))
         iwae.append(torch.logsumexp(lw, 0) - math.log(k))
     return {"neg_elbo": -float(torch.cat(elbo).mean()), "neg_iwae": -float(torch.cat(iwae).mean()), "iw_k": k}

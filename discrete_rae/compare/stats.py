@@ -7,7 +7,7 @@ what each figure means.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,39 +30,29 @@ def reconstruction_nll(model: Any, x: Tensor, device: torch.device, batch: int =
     return torch.cat(out)
 
 
-def _gaussian_posterior(latent: Any, out: Any, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """k draws z = mu + sigma eps [k, B, D] and log q(z|x) - log N(z; 0, I) [k, B]."""
-    mu, logvar = out.stats["mu"].float(), out.stats["logvar"].float()
-    eps = torch.randn((k, *mu.shape), generator=generator).to(mu.device)
-    z = mu + (0.5 * logvar).exp() * eps
-    log_ratio = (-0.5 * eps.pow(2) - 0.5 * logvar + 0.5 * z.pow(2)).sum(-1)  # the 2 pi terms cancel
-    return z, log_ratio
-
-
-def _gumbel_posterior(latent: Any, out: Any, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    return latent.sample_posterior(out, k, generator)
-
-
-# latent type (config name) -> posterior sampler returning (z [k, B, D], log q - log p [k, B])
-POSTERIORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "gaussian": _gaussian_posterior, "gumbel": _gumbel_posterior}
-
-
 def _repeat(x: Tensor, k: int) -> Tensor:
     """x [B, ...] -> [k*B, ...] (k copies, copy-major)."""
     return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
 
 
+def has_posterior_density(model: Any) -> bool:
+    """True when the model's latent is stochastic (its posterior has a density to weight with)."""
+    return bool(getattr(model.latent, "stochastic", False))
+
+
 @torch.no_grad()
-def log_weights(model: Any, latent_name: str, x: Tensor, k: int, generator: torch.Generator,
-                chunk_rows: int = 4096) -> Tensor:
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): [k, B]."""
-    out = model.latent(model.encoder(x))
+def log_weights(model: Any, x: Tensor, k: int, generator: torch.Generator, chunk_rows: int = 4096) -> Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): [k, B].
+
+    q is the latent's posterior object and p the model's prior (distributions.py).
+    """
+    q = model.latent(model.encoder(x)).posterior
     rows = []
     step = max(1, chunk_rows // max(1, x.shape[0]))
     for k0 in range(0, k, step):
         kc = min(step, k - k0)
-        z, log_ratio = POSTERIORS[latent_name](model.latent, out, kc, generator)
+        z, log_q = q.sample(kc, generator)
+        log_ratio = log_q - model.prior.log_prob(z)
         xs = _repeat(x, kc)
         nll = model.likelihood.nll(model.decoder(z.reshape(kc * x.shape[0], -1).to(x.device), xs), xs)
         rows.append(-nll.float().view(kc, -1) - log_ratio.float())

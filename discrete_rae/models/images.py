@@ -1,9 +1,9 @@
-"""Image models: VAE, RAE, RAE-L2, RAE-GP, RAE-SN and AE (Ghosh et al. 2020, docs/REFERENCE.md §1).
+"""The image network family: conv encoder/decoder and the pixel likelihoods (Ghosh et al. 2020,
+docs/REFERENCE.md §1).
 
-One builder over :class:`ImageModelConfig`; the registered names differ only in config values,
-and the VAE/RAE difference is the two dicts ``_VAE`` and ``_RAE`` below. Every model uses the
-shared latent types, decoder regularisers and ex-post samplers and the one
-:class:`~discrete_rae.model.AutoEncoder`; only the pixel likelihood lives here.
+The zoo (zoo.py) supplies latent type, prior, objective and decoder regulariser; every image
+model (VAE, RAE, RAE-L2/GP/SN, AE, ...) is one zoo row over these networks. Only the pixel
+likelihood lives here.
 
 Likelihood (``likelihood`` field), with mu = sigmoid(decoder logits) in [0, 1]:
 
@@ -39,11 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import LatentConfig, option
-from ..latents import build_latent
-from ..model import AutoEncoder
 from ..nn.images import ConvImageDecoder, ConvImageEncoder, as_float_images
-from ..registry import ModelSpec, register_model
-from ..regularizers import build_regularizer
+from ..registry import FAMILIES, Family
+from .build import Networks
 
 PIXEL_LIKELIHOODS = ("gaussian", "gaussian_learned", "bernoulli")
 #: log gamma = GAMMA_STEP_SCALE * the stored parameter: a faster Adam step on it (module docstring).
@@ -128,39 +126,18 @@ class PixelLikelihood(nn.Module):
         return torch.sigmoid(output.float())
 
 
-def build_image_model(cfg: ImageModelConfig, codec: Any) -> AutoEncoder:
-    """Assemble the conv encoder/decoder for ``codec.shape`` (C, H, W) with cfg's latent and regulariser."""
+def image_networks(cfg: ImageModelConfig, codec: Any) -> Networks:
+    """The conv encoder/decoder for ``codec.shape`` (C, H, W) and the configured pixel likelihood."""
     shape = tuple(codec.shape)
     encoder = ConvImageEncoder(shape, cfg.channels, cfg.batch_norm)
-    latent = build_latent(cfg, encoder.out_dim)
-    decoder = ConvImageDecoder(latent.code_dim, shape, cfg.channels, cfg.batch_norm)
-    return AutoEncoder(encoder, latent, decoder, PixelLikelihood(cfg.likelihood, cfg.pixel_sigma, cfg.log_gamma_init),
-                       build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)
+
+    def decoder(code_dim: int) -> ConvImageDecoder:
+        return ConvImageDecoder(code_dim, shape, cfg.channels, cfg.batch_norm)
+
+    return Networks(encoder, decoder, PixelLikelihood(cfg.likelihood, cfg.pixel_sigma, cfg.log_gamma_init))
 
 
-# The whole difference between the VAE and the RAE readings of the same network:
-_VAE = dict(latent="gaussian", beta=1.0, kl_anneal_steps=0, decoder_reg="none", reg_weight=0.0)
-_RAE = dict(latent="deterministic", beta=1e-2, decoder_reg="none", reg_weight=0.0)
-
-# Decoder regulariser weights, on the summed-nll scale above: L2 is an AdamW decay coefficient
-# on the decoder's kernels, GP multiplies mean (d sum mu^2 / dz)^2, SN has no weight. Picked
-# from {1e-2, 1e-1, 1} (L2) and {1e-3, 1e-1, 1} (GP) by one seed of the digits quick preset
-# (GMM Fréchet-features 9.0 / 6.1 / 15.1 and 10.7 / 8.8 / 11.9): 1e-2 and 1e-3 left the
-# training curves indistinguishable from the plain RAE; 1 cost reconstruction or time.
-_REG_WEIGHTS = {"l2": 1e-1, "gp": 1e-1, "sn": 0.0}
-
+#: The rows of the paper's image table (Ghosh et al. 2020, Table 1), in its order.
 IMAGE_MODELS = ("vae", "rae", "rae_l2", "rae_gp", "rae_sn", "ae")
 
-_DOMAINS = ("images",)
-
-register_model(ModelSpec("vae", "image VAE: Gaussian latent + KL, N(0, I) sampling",
-                         ImageModelConfig(**_VAE), build_image_model, _DOMAINS, "prior", family="images"))
-register_model(ModelSpec("rae", "image RAE: deterministic code + beta/2 ||z||^2, no decoder regulariser, GMM",
-                         ImageModelConfig(**_RAE), build_image_model, _DOMAINS, "gmm", family="images"))
-for _reg, _weight in _REG_WEIGHTS.items():
-    register_model(ModelSpec(f"rae_{_reg}", f"image RAE with decoder regulariser {_reg}, GMM sampling",
-                             ImageModelConfig(**{**_RAE, "decoder_reg": _reg, "reg_weight": _weight}),
-                             build_image_model, _DOMAINS, "gmm", family="images"))
-register_model(ModelSpec("ae", "image AE control: deterministic code, beta 0, no decoder regulariser, GMM",
-                         ImageModelConfig(latent="deterministic", beta=0.0, decoder_reg="none", reg_weight=0.0),
-                         build_image_model, _DOMAINS, "gmm", family="images"))
+FAMILIES.register("images", Family("images", ImageModelConfig, image_networks, ("images",)))

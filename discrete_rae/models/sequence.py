@@ -1,7 +1,8 @@
-"""Sequence models: GrammarVAE / GrammarRAE and the character baselines (CVAE / CRAE).
+"""The sequence network family: GrammarVAE / GrammarRAE networks and the character / SELFIES ones.
 
-All of them are one builder over :class:`SequenceModelConfig`; the registered names differ
-only in config values. The VAE/RAE difference is visible in two lines: ``_VAE`` and ``_RAE``.
+Supplies, for a sequence codec (production rules, characters, SELFIES tokens), the encoder,
+the decoder and the grammar-masked categorical likelihood; the zoo (zoo.py) supplies the
+latent type, prior, objective and decoder regulariser. Domains: molecules, expressions.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from typing import Any
 
 from ..codecs import CODECS, SequenceCodec
 from ..config import ConfigError, LatentConfig, names_in, option
-from ..latents import build_latent
-from ..model import AutoEncoder, SequenceLikelihood
+from ..model import SequenceLikelihood
 from ..nn.sequence import DECODERS, ENCODERS, RNN_CELLS, ConvSequenceEncoder, GRUSequenceEncoder
-from ..registry import ModelSpec, register_model
-from ..regularizers import build_regularizer
+from ..registry import FAMILIES, Family
+from .build import Networks
 
 
 def _sequence_codecs() -> list[str]:
@@ -67,24 +67,25 @@ class SequenceModelConfig(LatentConfig):
                                  "training", ge=0, lt=1, applies={"decoder": ("gru",)})
 
 
-def build_sequence_model(cfg: SequenceModelConfig, codec: Any) -> AutoEncoder:
-    """Assemble encoder, latent, decoder, likelihood and regulariser for ``codec``."""
+def sequence_networks(cfg: SequenceModelConfig, codec: Any) -> Networks:
+    """Encoder, decoder factory and masked categorical likelihood for ``codec``."""
     _check_choices(cfg)
     vocab, length = codec.vocab_size, codec.max_length
     if cfg.encoder == "conv":
         encoder = ConvSequenceEncoder(vocab, length, cfg.conv_channels, cfg.conv_kernels, cfg.enc_hidden)
     else:
         encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse)
-    latent = build_latent(cfg, encoder.out_dim)
     # the grammar codec's loss mask pins padding positions to the padding rule (zero loss), so
     # the decoder may stop at each batch's longest sequence; the character codec's may not
     trim_pad = codec.pad_index if getattr(codec, "kind", "") == "grammar" else None
-    dec_kwargs = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers, "trim_pad": trim_pad}
+    dec_kwargs: dict[str, Any] = {"hidden": cfg.dec_hidden, "layers": cfg.dec_layers, "trim_pad": trim_pad}
     if cfg.decoder == "gru":
         dec_kwargs.update(embed=cfg.embed_dim, word_dropout=cfg.word_dropout, cell=cfg.decoder_cell)
-    decoder = DECODERS[cfg.decoder](latent.code_dim, vocab, length, **dec_kwargs)
-    return AutoEncoder(encoder, latent, decoder, SequenceLikelihood(codec),
-                       build_regularizer(cfg.decoder_reg, cfg.reg_weight), codec)
+
+    def decoder(code_dim: int) -> Any:
+        return DECODERS[cfg.decoder](code_dim, vocab, length, **dec_kwargs)
+
+    return Networks(encoder, decoder, SequenceLikelihood(codec))
 
 
 def _check_choices(cfg: SequenceModelConfig) -> None:
@@ -96,36 +97,4 @@ def _check_choices(cfg: SequenceModelConfig) -> None:
         raise ConfigError(f"enc_layers {cfg.enc_layers} and dec_layers {cfg.dec_layers} must be >= 1")
 
 
-# The whole difference between the VAE and the RAE readings of the same network:
-_VAE = dict(latent="gaussian", beta=1.0, kl_anneal_steps=2000, decoder_reg="none", reg_weight=0.0)
-_RAE = dict(latent="deterministic", beta=1e-3, decoder_reg="l2", reg_weight=1e-4)
-
-_SEQ_DOMAINS = ("molecules", "expressions")
-_WHAT = {"grammar": "Grammar", "char": "character", "selfies": "SELFIES"}
-
-for _codec in ("grammar", "char"):
-    register_model(ModelSpec(
-        f"{_codec}_vae", f"{_WHAT[_codec]} VAE: Gaussian latent + KL, prior sampling",
-        SequenceModelConfig(codec=_codec, **_VAE), build_sequence_model, _SEQ_DOMAINS, "prior"))
-    register_model(ModelSpec(
-        f"{_codec}_rae", f"{_WHAT[_codec]} RAE: deterministic code, L2 decoder, GMM sampling",
-        SequenceModelConfig(codec=_codec, **_RAE), build_sequence_model, _SEQ_DOMAINS, "gmm"))
-
-# SELFIES: the character models' networks over SELFIES tokens (molecules only)
-register_model(ModelSpec(
-    "selfies_vae", "SELFIES VAE: Gaussian latent + KL, prior sampling (every decode is a molecule)",
-    SequenceModelConfig(codec="selfies", **_VAE), build_sequence_model, ("molecules",), "prior"))
-register_model(ModelSpec(
-    "selfies_rae", "SELFIES RAE: deterministic code, L2 decoder, GMM sampling (every decode is a molecule)",
-    SequenceModelConfig(codec="selfies", **_RAE), build_sequence_model, ("molecules",), "gmm"))
-
-for _reg, _weight in (("l2", 1e-4), ("gp", 1e-2), ("sn", 0.0), ("none", 0.0)):
-    register_model(ModelSpec(
-        f"grammar_rae_{_reg}", f"Grammar RAE with decoder regulariser {_reg}",
-        SequenceModelConfig(**{**_RAE, "decoder_reg": _reg, "reg_weight": _weight}),
-        build_sequence_model, _SEQ_DOMAINS, "gmm"))
-
-register_model(ModelSpec(
-    "grammar_ae", "Grammar AE control: deterministic code, no latent or decoder regulariser",
-    SequenceModelConfig(latent="deterministic", beta=0.0, decoder_reg="none", reg_weight=0.0),
-    build_sequence_model, _SEQ_DOMAINS, "gmm"))
+FAMILIES.register("sequence", Family("sequence", SequenceModelConfig, sequence_networks, ("molecules", "expressions")))
