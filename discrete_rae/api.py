@@ -19,7 +19,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torch import Tensor
 from .errors import UsageError
 from .registry import DOMAINS
 from .runtime import choose_device
+
+if TYPE_CHECKING:
+    from .domains.base import Domain
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Model:
     def __init__(self, loaded: Any, device: torch.device) -> None:
         self.loaded = loaded
         self.device = device
-        self.domain = DOMAINS.get(loaded.run.domain)
+        self.domain: Domain = DOMAINS.get(loaded.run.domain)
 
     @property
     def run(self) -> Any:
@@ -74,7 +77,9 @@ class Model:
         return sorted(self.loaded.samplers)
 
     def _strings_only(self, what: str) -> None:
-        if not hasattr(self.domain, "canonical"):
+        from .domains.base import TextDomain
+
+        if not isinstance(self.domain, TextDomain):
             raise UsageError(f"{what} works on strings; {self.run_dir} is a {self.run.domain} run")
 
     def try_encode(self, strings: Sequence[str]) -> tuple[Tensor, list[int], list[EncodeFailure]]:

@@ -33,13 +33,16 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .domains.base import TextDomain
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +113,15 @@ def neighbourhood(z: Tensor, n: int, radius: float, scale: Tensor,
 
 
 # --- run, codec, decoding -----------------------------------------------------------------------
-def load_sequence_run(run_dir: Path, device: torch.device) -> tuple[Any, Any]:
+def load_sequence_run(run_dir: Path, device: torch.device) -> tuple[Any, TextDomain]:
     """(LoadedRun, domain) of a run on a sequence domain with a continuous latent."""
-    from .domains.base import SequenceDomain
+    from .domains.base import TextDomain
     from .pipeline import load_run
     from .registry import DOMAINS
 
     loaded = load_run(Path(run_dir), device)
     domain = DOMAINS.get(loaded.run.domain)
-    if not isinstance(domain, SequenceDomain):
+    if not isinstance(domain, TextDomain):
         raise UsageError(f"{run_dir} is a {loaded.run.domain} run; this command works on molecules "
                              "and expressions runs")
     if getattr(loaded.model.latent, "discrete", False):
@@ -127,7 +130,7 @@ def load_sequence_run(run_dir: Path, device: torch.device) -> tuple[Any, Any]:
     return loaded, domain
 
 
-def encode_texts(loaded: Any, domain: Any, texts: Sequence[str], device: torch.device) -> Tensor:
+def encode_texts(loaded: Any, domain: TextDomain, texts: Sequence[str], device: torch.device) -> Tensor:
     """Codes [K, D] of the strings, in the domain's canonical spelling (as in the training data).
 
     A string that is invalid, that the codec cannot encode or that is longer than the model's
@@ -153,7 +156,7 @@ def encode_texts(loaded: Any, domain: Any, texts: Sequence[str], device: torch.d
     return domain.encode(loaded.model, ids, device)
 
 
-def training_codes(loaded: Any, domain: Any, device: torch.device, n: int = 2000, seed: int = 0,
+def training_codes(loaded: Any, domain: TextDomain, device: torch.device, n: int = 2000, seed: int = 0,
                    progress: bool = False) -> Tensor:
     """Codes [min(n, N), D] of a seeded random subset of the run's training strings."""
     prepared = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"], progress=progress)
@@ -161,7 +164,7 @@ def training_codes(loaded: Any, domain: Any, device: torch.device, n: int = 2000
     return domain.encode(loaded.model, prepared.train[torch.from_numpy(np.sort(pick))], device)
 
 
-def decode_path(domain: Any, model: Any, codes: Tensor, device: torch.device, t: Tensor) -> list[PathPoint]:
+def decode_path(domain: TextDomain, model: Any, codes: Tensor, device: torch.device, t: Tensor) -> list[PathPoint]:
     """Greedy decodes of codes [S, D] as PathPoints at positions t [S]."""
     texts = domain.decode(model, codes, device, temperature=0.0)
     return [PathPoint(float(ti), s, s is not None and domain.canonical(s) is not None)

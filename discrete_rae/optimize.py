@@ -45,7 +45,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from torch import Tensor
 
 from .io import write_json
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .domains.base import TextDomain
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ def most_frequent_valid(decodes: Sequence[str | None], canonical: Callable[[str]
 class Decoder:
     """Codes -> (strings, scores): ``decodes`` sampled decodes per code, the most frequent valid."""
 
-    domain: Any
+    domain: TextDomain
     model: Any
     device: torch.device
     objective: Objective
@@ -408,7 +411,7 @@ def split_for_seed(seed: int, n_available: int, settings: Settings) -> tuple[np.
     return idx[n_test:], idx[:n_test]
 
 
-def build_pool(model: Any, domain: Any, train_ids: Tensor, train_texts: Sequence[str], objective: Objective,
+def build_pool(model: Any, domain: TextDomain, train_ids: Tensor, train_texts: Sequence[str], objective: Objective,
                idx: np.ndarray, device: torch.device) -> TrainingPool:
     """Encode and score the training strings ``idx`` (the union of every seed's subsample) once."""
     idx = np.unique(idx)
@@ -500,7 +503,7 @@ def aggregate(per_seed: Sequence[dict[str, Any]], objective: Objective, rounds: 
 
 
 # --- the whole experiment ---------------------------------------------------------------------------
-def optimize(model: Any, domain: Any, train_ids: Tensor, train_texts: Sequence[str], objective: Objective,
+def optimize(model: Any, domain: TextDomain, train_ids: Tensor, train_texts: Sequence[str], objective: Objective,
              settings: Settings, seeds: Sequence[int], device: torch.device, progress: bool = True) -> dict[str, Any]:
     """BO and random search on every seed; returns the summary (see :func:`aggregate`).
 

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from .resume import reopen, resume_history
 from .samplers import Sampler, fit_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .domains.base import Domain
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def build_model(run: RunConfig, codec: Any) -> torch.nn.Module:
     return MODELS.get(run.model_name).build(run.model, codec)
 
 
-def fit_samplers(model: torch.nn.Module, domain: Any, train: torch.Tensor, run: RunConfig,
+def fit_samplers(model: torch.nn.Module, domain: Domain, train: torch.Tensor, run: RunConfig,
                  device: torch.device) -> dict[str, Sampler]:
     """Fit every registered sampler that suits the latent type to the training codes.
 

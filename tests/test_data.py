@@ -375,6 +375,23 @@ def test_zinc250k_offline_says_how_to_supply(monkeypatch, tmp_path):
     assert not [p for p in (tmp_path / "zinc250k").iterdir()]  # no partial download left
 
 
+def test_zinc250k_download_cut_mid_stream_keeps_the_network_error_and_no_partial_file(monkeypatch, tmp_path):
+    class Cut(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            if self.tell():
+                raise TimeoutError("the read timed out")
+            return super().read(8)
+
+    monkeypatch.setattr(src_mod, "_urlopen", lambda url, timeout: Cut(b"smiles\nCCO\n" * 10))
+    with pytest.raises(TimeoutError, match="^the read timed out$"):  # not relabelled as a file error
+        src_mod._download("https://example.invalid/x.csv", tmp_path / "x.csv")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError) as exc:
+        load_molecules("zinc250k", data_dir=tmp_path, progress=False)
+    _one_line_error(exc, "zinc250k", "the read timed out")
+    assert list((tmp_path / "zinc250k").iterdir()) == []
+
+
 def test_zinc250k_download_records_and_verifies_sha256(monkeypatch, tmp_path):
     payload = b'smiles,logP,qed,SAS\n"CCO\n",0.1,0.4,1.0\n"c1ccccc1\n",1.7,0.4,1.0\n'
     monkeypatch.setattr(src_mod, "_urlopen", lambda url, timeout: io.BytesIO(payload))

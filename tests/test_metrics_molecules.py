@@ -511,6 +511,32 @@ def test_working_directory_is_never_searched(tmp_path, monkeypatch) -> None:
     assert found is None or tmp_path not in found.resolve().parents
 
 
+def test_canonical_train_set_is_cached_atomically_and_read_back(isolated_moses, monkeypatch) -> None:
+    import gzip
+
+    isolated_moses.mkdir()
+    with gzip.open(isolated_moses / "train.csv.gz", "wt") as fh:
+        fh.write("SMILES,SPLIT\nOCC,train\nC1=CC=CC=C1,train\nnot_a_smiles,train\n")
+    monkeypatch.setattr(moses_data, "_TRAIN_MEMO", {})
+    first = moses_data.moses_train_canonical(n_jobs=1, progress=False)
+    assert first == {"CCO", "c1ccccc1"}
+    cache = isolated_moses.parent / "cache"
+    (path,) = cache.iterdir()  # the cache file only: no temporary file left beside it
+    assert path.name.startswith("moses_train_canonical_rdkit") and path.name.endswith(".txt.gz")
+    with gzip.open(path, "rt") as fh:
+        assert fh.read() == "CCO\nc1ccccc1"
+    monkeypatch.setattr(moses_data, "_TRAIN_MEMO", {})
+    monkeypatch.setattr(moses_data, "load_moses_smiles", lambda split: pytest.fail("canonicalised again"))
+    assert moses_data.moses_train_canonical(n_jobs=1, progress=False) == first
+
+
+def test_saved_stats_leave_no_temporary_file(isolated_moses) -> None:
+    stats = mm.reference_stats_from_smiles(MOLS[:5], progress=False, fcd=False)
+    digest = stats_files.save_reference_stats(stats, isolated_moses / "sub" / "test_stats.npz")
+    assert [p.name for p in (isolated_moses / "sub").iterdir()] == ["test_stats.npz"]
+    assert digest == stats_files.content_digest(stats_files._read_plain(isolated_moses / "sub" / "test_stats.npz"))
+
+
 def test_own_format_round_trip_and_refusal_of_other_files(isolated_moses) -> None:
     stats = mm.reference_stats_from_smiles(MOLS, progress=False, fcd=False)
     stats_files.save_reference_stats(stats, isolated_moses / "test_stats.npz")

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +17,9 @@ from ..registry import DOMAINS
 from ..runtime import choose_device, set_threads
 from ..validate import check_value
 from .common import add_run_arg, format_metrics
+
+if TYPE_CHECKING:
+    from ..domains.base import Domain, Prepared
 
 NAME = "evaluate"
 HELP = "evaluate a trained run (validity, uniqueness, novelty, reconstruction)"
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_benchmark(args: argparse.Namespace, loaded: Any, domain: Any, prepared: Any, device: torch.device) -> int:
+def _run_benchmark(args: argparse.Namespace, loaded: Any, domain: Domain, prepared: Prepared,
+                   device: torch.device) -> int:
     """MOSES (novelty vs the MOSES train set for moses runs) or GuacaMol (vs the run's train set)."""
     from ..metrics.molecules import format_table, guacamol_metrics, moses_metrics
     from ..pipeline import pick_sampler

@@ -7,7 +7,7 @@ import argparse
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -17,6 +17,9 @@ from ..interpolate import (PATHS, PathPoint, decode_path, encode_texts, interpol
 from ..io import write_json
 from ..runtime import choose_device, set_threads
 from .common import add_common
+
+if TYPE_CHECKING:
+    from ..domains.base import TextDomain
 
 NAME = "interpolate"
 HELP = "decode a line / great circle between two strings, or a neighbourhood of one"
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _path(args: argparse.Namespace, loaded: Any, domain: Any, device: torch.device) -> tuple[dict, list[PathPoint]]:
+def _path(args: argparse.Namespace, loaded: Any, domain: TextDomain, device: torch.device) -> tuple[dict, list[PathPoint]]:
     z = encode_texts(loaded, domain, [args.start, args.end], device)
     t, codes = interpolate_codes(z[0], z[1], args.steps, args.path)
     points = decode_path(domain, loaded.model, codes, device, t)
@@ -97,7 +100,7 @@ def _path(args: argparse.Namespace, loaded: Any, domain: Any, device: torch.devi
             "to_reconstructed": points[-1].valid and domain.canonical(points[-1].text) == ends[1]}, points
 
 
-def _around(args: argparse.Namespace, loaded: Any, domain: Any, device: torch.device) -> tuple[dict, list[PathPoint]]:
+def _around(args: argparse.Namespace, loaded: Any, domain: TextDomain, device: torch.device) -> tuple[dict, list[PathPoint]]:
     z = encode_texts(loaded, domain, [args.around], device)[0]
     scale = training_codes(loaded, domain, device, seed=args.seed, progress=not args.quiet).std(0)
     gen = torch.Generator().manual_seed(args.seed)

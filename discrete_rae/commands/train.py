@@ -68,9 +68,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def train_parser(model_name: str | None, domain: str) -> argparse.ArgumentParser:
     """The full parser of ``train.py`` for ``model_name`` on ``domain``."""
+    from ..domains.base import TextDomain
+
     load_all()
     models = "\n".join(f"  {n:<18} {s.description} [{', '.join(s.domains)}]" for n, s in MODELS.items())
-    files = {n: " or a file path" if hasattr(d, "load_texts") else "" for n, d in DOMAINS.items()}  # images: names
+    files = {n: " or a file path" if isinstance(d, TextDomain) else "" for n, d in DOMAINS.items()}  # images: names
     domains = "\n".join(f"  {n:<12} datasets: {', '.join(d.datasets)}{files[n]}" for n, d in DOMAINS.items())
     p = _OneLineParser(
         prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,

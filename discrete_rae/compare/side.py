@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from torch import Tensor
 
 from ..errors import UsageError
 from .stats import (_batches, has_posterior_density, _mc_mi_categorical, _mc_mi_gaussian, entropy_nats, log_weights)
+
+if TYPE_CHECKING:
+    from ..domains.base import Domain
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Side:
         return self.loaded.run
 
     @property
-    def domain(self) -> Any:
+    def domain(self) -> Domain:
         from ..registry import DOMAINS
 
         return DOMAINS.get(self.run.domain)

@@ -12,10 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable, TypeVar
 
-from ..io import open_temp_beside, sha256_file, write_text
+from ..io import atomic_write, sha256_file, write_text
 from .errors import DataError
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +106,35 @@ def _urlopen(url: str, timeout: float) -> Any:
     return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https URLs)
 
 
-def _download(url: str, dest: Path, timeout: float = 60.0) -> tuple[str, str]:
-    """Stream ``url`` into ``dest`` atomically; return (md5, sha256) of the content."""
-    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 (md5 only to compare with the published value)
-    out, tmp = open_temp_beside(dest, ".part")
+class _NetworkError(Exception):
+    """Carries a network OSError through :func:`atomic_write`, which relabels every OSError as
+    one of the destination file (right for a full disk, wrong for an unreachable host)."""
+
+
+def _net(call: Callable[[], T]) -> T:
+    """``call()``, its OSError wrapped in :class:`_NetworkError`."""
     try:
-        with out, contextlib.closing(_urlopen(url, timeout)) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
+        return call()
+    except OSError as exc:
+        raise _NetworkError() from exc
+
+
+def _download(url: str, dest: Path, timeout: float = 60.0) -> tuple[str, str]:
+    """Stream ``url`` into ``dest`` atomically; return (md5, sha256) of the content.
+    A network error (URLError, HTTPError, timeout: OSErrors) is raised as it came."""
+    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 (md5 only to compare with the published value)
+
+    def stream(out: IO[bytes]) -> None:
+        with contextlib.closing(_net(lambda: _urlopen(url, timeout))) as resp:
+            while block := _net(lambda: resp.read(1 << 20)):
                 md5.update(block)
                 sha.update(block)
                 out.write(block)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    try:
+        atomic_write(dest, stream)
+    except _NetworkError as wrapped:
+        raise wrapped.__cause__ from None  # the original network error, unchanged
     return md5.hexdigest(), sha.hexdigest()
 
 

@@ -1,18 +1,26 @@
 """The domain interface and the shared machinery of the sequence domains.
 
 A domain turns a :class:`~discrete_rae.config.RunConfig` into encoded tensors and a codec
-(:meth:`Domain.prepare`) and judges a trained model (:meth:`Domain.evaluate`). The pipeline
-calls nothing else, so adding a domain never touches the trainer or the models.
+(:meth:`Domain.prepare`) and judges a trained model (:meth:`Domain.evaluate`); the pipeline
+calls nothing else, so adding a domain never touches the trainer or the models. The other
+callers (commands, comparison, API) also encode, decode and sample through it.
+
+:class:`Domain` is a :class:`typing.Protocol` listing every member callers use;
+:class:`TextDomain` and :class:`PixelDomain` add what the string-only and image-only callers
+use. A domain need not inherit anything; :class:`SequenceDomain` is the shared implementation
+of the string domains (molecules, expressions).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +33,9 @@ from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
 from ..grammar import Grammar
 from ..io import write_text
+
+if TYPE_CHECKING:
+    from ..metrics.images import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +59,90 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Domain:
-    """Base class of a domain (molecules, expressions, images)."""
+@runtime_checkable
+class Domain(Protocol):
+    """What callers use of every domain (``DOMAINS.get(name)``): the pipeline, the commands, the
+    comparison, the API. Kind-specific extras are in :class:`TextDomain` and :class:`PixelDomain`.
 
-    name = "base"
-    datasets: tuple[str, ...] = ()
-    default_dataset = ""
+    ``isinstance(d, Domain)`` checks that the members exist; tests/test_domain_protocol.py also
+    checks the parameter names of every method against the ones declared here.
+    """
+
+    name: str
+    """The registry name (``--domain``)."""
+    datasets: tuple[str, ...]
+    """Built-in data set names (``--dataset``), shown by ``train.py --help``."""
+    default_dataset: str
+    """The data set used when ``--dataset`` is empty."""
 
     def prepare(self, run: RunConfig, codec_state: dict | None = None, progress: bool = True) -> Prepared:
-        raise NotImplementedError
+        """Load, encode and split the run's data; ``codec_state`` (from a checkpoint) fixes the codec."""
+        ...
+
+    def encode(self, model: Any, x: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+        """Deterministic codes [N, D] (float32, CPU) of examples x (ids [N, L] or images [N, C, H, W])."""
+        ...
+
+    def decode(self, model: Any, z: Tensor, device: torch.device, batch: int = 500) -> Any:
+        """Greedy decodes of codes z [N, D]: N strings (None = unfinished) or images [N, C, H, W] in [0, 1]."""
+        ...
 
     def evaluate(self, model: Any, sampler: Any, prepared: Prepared, cfg: EvalConfig, run_dir: Path | None,
                  device: torch.device, progress: bool = True) -> dict[str, Any]:
-        raise NotImplementedError
+        """Judge a trained model (samples, reconstruction); writes pictures into ``run_dir`` if given."""
+        ...
+
+    def sample_texts(self, model: Any, sampler: Any, n: int, device: torch.device, temperature: float = 0.0,
+                     generator: torch.Generator | None = None) -> Sequence[str | None]:
+        """``n`` decoded samples of ``sampler`` as lines of text (None = unfinished string)."""
+        ...
+
+    def sample_metrics(self, samples: Sequence[str | None], train_texts: list[str]) -> dict[str, Any]:
+        """Summary figures of :meth:`sample_texts` output (validity etc. for strings)."""
+        ...
+
+
+@runtime_checkable
+class TextDomain(Domain, Protocol):
+    """A domain of strings (molecules, expressions): what the string-only callers add
+    (interpolate, optimize, reconstruct, the API's encode/decode, the comparison's views)."""
+
+    grammar_name: str
+    """The built-in grammar of the domain; ``--grammar`` must start with it."""
+
+    def decode(self, model: Any, z: Tensor, device: torch.device, batch: int = 500, temperature: float = 0.0,
+               generator: torch.Generator | None = None) -> list[str | None]:
+        """Decodes of codes z [N, D] (greedy at temperature 0, else sampled); None = unfinished."""
+        ...
+
+    def load_texts(self, run: RunConfig, progress: bool) -> tuple[list[str], dict[str, Any]]:
+        """The raw strings of the run's data set (also a file path) and a load report."""
+        ...
+
+    def canonical(self, text: str) -> str | None:
+        """The canonical spelling of ``text``, or None when it is not a valid string of the domain."""
+        ...
+
+    def reconstruction(self, model: Any, prepared: Prepared, cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+        """Share of the held-out strings ``prepared.test`` [N, L] that decode to themselves."""
+        ...
+
+    def render(self, samples: list[str | None], path: Path) -> None:
+        """Draw some valid strings (molecule grid, function plots) into the picture ``path``."""
+        ...
+
+
+@runtime_checkable
+class PixelDomain(Domain, Protocol):
+    """A domain of images: the comparison's views also judge samples in a classifier's features."""
+
+    def decode(self, model: Any, z: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+        """Images [N, C, H, W] in [0, 1] (float32, CPU) decoded from codes z [N, D]."""
+        ...
+
+    def feature_extractor(self, dataset: str, data_dir: Path) -> FeatureExtractor:
+        """The data set's cached feature classifier: images [N, C, H, W] -> features [N, F]."""
+        ...
 
 
 def split_indices(n: int, n_test: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,30 +153,39 @@ def split_indices(n: int, n_test: int, val_fraction: float, seed: int) -> tuple[
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-class SequenceDomain(Domain):
-    """Shared logic of the string domains: split, encode with a codec, decode and judge samples.
+class SequenceDomain(ABC):
+    """Shared logic of the string domains (a :class:`TextDomain`): split, encode with a codec,
+    decode and judge samples.
 
-    Subclasses provide ``grammar_name``, :meth:`load_texts`, :meth:`canonical` (None = invalid),
-    :meth:`extra_metrics` and :meth:`render`.
+    Subclasses set ``name``, ``datasets``, ``default_dataset`` and ``grammar_name``, implement
+    :meth:`load_texts`, :meth:`canonical` (None = invalid) and :meth:`render`, and may override
+    :meth:`extra_metrics` and :meth:`reference_form`.
     """
 
-    grammar_name = ""
+    name: str
+    datasets: tuple[str, ...]
+    default_dataset: str
+    grammar_name: str
 
+    @abstractmethod
     def load_texts(self, run: RunConfig, progress: bool) -> tuple[list[str], dict[str, Any]]:
-        raise NotImplementedError
+        """The raw strings of the run's data set and a load report (counts, dropped lines)."""
 
+    @abstractmethod
     def canonical(self, text: str) -> str | None:
-        raise NotImplementedError
+        """The canonical spelling of ``text``, or None when it is not a valid string."""
 
     def reference_form(self, texts: list[str]) -> list[str]:
         """Data strings in the form :meth:`canonical` returns (compared with decoded samples)."""
         return list(texts)
 
     def extra_metrics(self, valid: list[str]) -> dict[str, Any]:
+        """Domain-specific figures of the valid canonical samples (none by default)."""
         return {}
 
+    @abstractmethod
     def render(self, samples: list[str | None], path: Path) -> None:
-        raise NotImplementedError
+        """Draw some valid samples into the picture ``path``."""
 
     def make_codec(self, kind: str, texts: list[str], max_length: int, grammar: str = "") -> SequenceCodec:
         if kind == "grammar":  # an unknown name raises GrammarError (the CLI checks it first)
@@ -141,9 +232,10 @@ class SequenceDomain(Domain):
             out.extend(model.codec.to_text(ids.cpu(), finished.cpu()))
         return out
 
-    def encode(self, model: Any, ids: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+    def encode(self, model: Any, x: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+        """Deterministic codes [N, D] (float32, CPU) of token ids x [N, L]."""
         model.eval()
-        return torch.cat([model.encode(chunk.to(device)).float().cpu() for chunk in ids.split(batch)])
+        return torch.cat([model.encode(chunk.to(device)).float().cpu() for chunk in x.split(batch)])
 
     def sample_texts(self, model: Any, sampler: Any, n: int, device: torch.device, temperature: float = 0.0,
                      generator: torch.Generator | None = None) -> list[str | None]:

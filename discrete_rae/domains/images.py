@@ -43,7 +43,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from ..nn.images import as_float_images
 from ..presets import PRESETS
 from ..registry import DOMAINS
 from ..samplers import Sampler, fit_sampler
-from .base import Domain, Prepared, split_indices
+from .base import Prepared, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,9 @@ def save_panels(panels: list[tuple[str, np.ndarray]], path: Path, title: str = "
 
 
 # --- the domain ------------------------------------------------------------------------------
-class ImageDomain(Domain):
-    """Images: conv autoencoders judged by feature-space Fréchet distance and precision/recall."""
+class ImageDomain:
+    """Images: conv autoencoders judged by feature-space Fréchet distance and precision/recall
+    (a :class:`~discrete_rae.domains.base.PixelDomain`)."""
 
     name = "images"
     datasets = tuple(LOADERS)
@@ -277,10 +278,10 @@ class ImageDomain(Domain):
 
     # --- model helpers -----------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, model: Any, images: Tensor, device: torch.device, batch: int = 500) -> Tensor:
-        """Deterministic codes [N, D] (float32, CPU) of images [N, C, H, W]."""
+    def encode(self, model: Any, x: Tensor, device: torch.device, batch: int = 500) -> Tensor:
+        """Deterministic codes [N, D] (float32, CPU) of images x [N, C, H, W]."""
         model.eval()
-        return torch.cat([model.encode(b.to(device)).float().cpu() for b in images.split(batch)])
+        return torch.cat([model.encode(b.to(device)).float().cpu() for b in x.split(batch)])
 
     @torch.no_grad()
     def decode(self, model: Any, z: Tensor, device: torch.device, batch: int = 500) -> Tensor:
@@ -391,7 +392,7 @@ class ImageDomain(Domain):
         levels = (images * 255).round().to(torch.uint8).flatten(1)
         return [" ".join(map(str, row.tolist())) for row in levels]
 
-    def sample_metrics(self, samples: list[str], train_texts: list[str]) -> dict[str, Any]:
+    def sample_metrics(self, samples: Sequence[str | None], train_texts: list[str]) -> dict[str, Any]:
         return {"n_samples": len(samples), "format": "one image per line: C*H*W grey levels 0-255"}
 
 

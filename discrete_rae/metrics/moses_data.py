@@ -31,10 +31,10 @@ import gzip
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write
 from .stats_files import load_stats_file
 
 logger = logging.getLogger(__name__)
@@ -167,12 +167,13 @@ def _train_canonical_build(n_jobs: int, progress: bool) -> frozenset[str]:
     logger.info("canonicalising the %d MOSES training SMILES once (cached at %s)", len(raw), target)
     canon = canonicalize_parallel(raw, n_jobs=n_jobs, progress=progress, desc="canonical MOSES train")
     result = frozenset(c for c in canon if c is not None)
+    def write(raw_fh: Any) -> None:
+        with gzip.GzipFile(fileobj=raw_fh, mode="wb", compresslevel=1) as fh:
+            fh.write("\n".join(sorted(result)).encode())
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as raw_fh, gzip.GzipFile(fileobj=raw_fh, mode="wb", compresslevel=1) as fh:
-            fh.write("\n".join(sorted(result)).encode())
-        os.replace(tmp, target)
+        atomic_write(target, write)
     except OSError as exc:
         logger.warning("could not write the canonical-train cache %s (%s); it will be rebuilt next time", target, exc)
     return result

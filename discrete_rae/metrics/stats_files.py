@@ -28,9 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..data.errors import DataError
+from ..io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +209,7 @@ def save_reference_stats(stats: Mapping[str, Any], path: str | Path) -> str:
     path = Path(path)
     arrays = flatten_stats(stats)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return content_digest(arrays)
 
 
