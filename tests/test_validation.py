@@ -277,6 +277,12 @@ def test_every_registered_model_and_preset_passes_validation(preset):
             validate_run(_resolve("--model", name, "--domain", domain, "--preset", preset))
 
 
+def test_the_gpu_preset_resolves_for_the_molecule_models():
+    for name in ("grammar_rae", "grammar_vae", "rae_l2", "gumbel_vae"):
+        run = _resolve("--model", name, "--domain", "molecules", "--preset", "gpu")
+        assert run.data.dataset == "zinc250k" and run.train.max_steps == 78_000 and run.model.dec_layers == 3
+
+
 def test_plain_data_resolves_without_a_parser():
     """compare / image-table resolve from plain data; the resolution must not need the parser."""
     run = resolve_run_config("expressions", "grammar_rae", "smoke", None, {"train": {"lr": "0.01"}})
