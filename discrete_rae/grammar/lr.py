@@ -23,118 +23,118 @@ _MAX_FORKS = 20_000  # generalised LR: more forks than this for one input -> cha
 _MAX_FORKS_PER_TOKEN = 256  # ... or more than this while reading one token
 
 
-def build_tables(g: Any) -> dict[str, Any]:
-    """LALR(1) action/goto tables of grammar ``g`` (conflicts kept as tuples of actions).
+class _Rules:
+    """The grammar's rules as plain tuples, plus the augmented start rule S' -> start (index R).
 
-    Returns ``{"cyclic": True}`` for a cyclic grammar (A =>+ A), which the chart parser handles.
+    rhs[r]: the right-hand side symbols (terminals are str, non-terminals nltk Nonterminal);
+    by_lhs: non-terminal -> its rule indices (the padding rule left out).
     """
-    prods = g.productions
-    R = g.n_rules
-    aug = R  # augmented rule S' -> start
-    start_nt = Nonterminal(g.start)
-    rhs: list[tuple] = [tuple(p.rhs()) for p in prods] + [(start_nt,)]
-    lhs_sym: list[Any] = [p.lhs() for p in prods] + [Nonterminal("$accept")]
-    by_lhs: dict[Any, list[int]] = {}
-    for i in range(R):
-        if i == g.pad_index:
-            continue
-        by_lhs.setdefault(lhs_sym[i], []).append(i)
 
-    # nullable and FIRST
+    def __init__(self, g: Any) -> None:
+        prods = g.productions
+        self.aug = g.n_rules
+        self.rhs: list[tuple] = [tuple(p.rhs()) for p in prods] + [(Nonterminal(g.start),)]
+        self.lhs: list[Any] = [p.lhs() for p in prods] + [Nonterminal("$accept")]
+        self.by_lhs: dict[Any, list[int]] = {}
+        for i in range(g.n_rules):
+            if i != g.pad_index:
+                self.by_lhs.setdefault(self.lhs[i], []).append(i)
+
+
+def _nullable_and_first(rules: _Rules) -> tuple[set, dict[Any, set]]:
+    """Nullable non-terminals and FIRST sets, by fixpoint iteration."""
     nullable: set = set()
-    first: dict[Any, set] = {nt: set() for nt in by_lhs}
+    first: dict[Any, set] = {nt: set() for nt in rules.by_lhs}
     changed = True
     while changed:
         changed = False
-        for nt, rules in by_lhs.items():
-            for r in rules:
-                all_null = True
-                for s in rhs[r]:
-                    if isinstance(s, str):
-                        if s not in first[nt]:
-                            first[nt].add(s)
-                            changed = True
-                        all_null = False
-                        break
-                    if s not in first:  # undefined non-terminal: derives nothing
-                        all_null = False
-                        break
-                    if not first[s] <= first[nt]:
-                        first[nt] |= first[s]
-                        changed = True
-                    if s not in nullable:
-                        all_null = False
-                        break
+        for nt, rule_ids in rules.by_lhs.items():
+            for r in rule_ids:
+                grew, all_null = _absorb_first(rules.rhs[r], first[nt], first, nullable)
+                changed |= grew
                 if all_null and nt not in nullable:
                     nullable.add(nt)
                     changed = True
+    return nullable, first
 
-    def first_seq(seq: Sequence) -> tuple[set, bool]:
-        out: set = set()
-        for s in seq:
-            if isinstance(s, str):
-                out.add(s)
-                return out, False
-            if s not in first:
-                return out, False
-            out |= first[s]
-            if s not in nullable:
-                return out, False
-        return out, True
 
-    # cyclic grammars (A =>+ A) make LR parsing loop: use the chart parser
-    unit: dict[Any, set] = {nt: set() for nt in by_lhs}
-    for nt, rules in by_lhs.items():
-        for r in rules:
-            seq = rhs[r]
+def _absorb_first(seq: Sequence, into: set, first: dict[Any, set], nullable: set) -> tuple[bool, bool]:
+    """Add FIRST(seq) to ``into``; returns (whether it grew, whether seq is nullable)."""
+    grew = False
+    for s in seq:
+        if isinstance(s, str):
+            if s not in into:
+                into.add(s)
+                grew = True
+            return grew, False
+        if s not in first:  # undefined non-terminal: derives nothing
+            return grew, False
+        if not first[s] <= into:
+            into |= first[s]
+            grew = True
+        if s not in nullable:
+            return grew, False
+    return grew, True
+
+
+def _first_seq(seq: Sequence, first: dict[Any, set], nullable: set) -> tuple[set, bool]:
+    """FIRST of a symbol sequence and whether the whole sequence is nullable."""
+    out: set = set()
+    _, null = _absorb_first(seq, out, first, nullable)
+    return out, null
+
+
+def _is_cyclic(rules: _Rules, nullable: set) -> bool:
+    """True when some A =>+ A (unit derivations through nullable context), which makes LR loop."""
+    unit: dict[Any, set] = {nt: set() for nt in rules.by_lhs}
+    for nt, rule_ids in rules.by_lhs.items():
+        for r in rule_ids:
+            seq = rules.rhs[r]
             for j, s in enumerate(seq):
-                if isinstance(s, Nonterminal) and s in by_lhs:
-                    rest = seq[:j] + seq[j + 1 :]
+                if isinstance(s, Nonterminal) and s in rules.by_lhs:
+                    rest = seq[:j] + seq[j + 1:]
                     if all(isinstance(x, Nonterminal) and x in nullable for x in rest):
                         unit[nt].add(s)
-    cyclic = False
-    for nt in by_lhs:
+    for nt in rules.by_lhs:
         seen, todo = set(), list(unit[nt])
         while todo:
             x = todo.pop()
             if x == nt:
-                cyclic = True
-                break
+                return True
             if x not in seen:
                 seen.add(x)
                 todo.extend(unit[x])
-        if cyclic:
-            break
-    if cyclic:
-        logger.warning("grammar %s is cyclic (A =>+ A); parsing uses nltk's chart parser (slow)", g.name)
-        return {"cyclic": True}
+    return False
 
-    # LR(0) automaton
-    def closure0(kernel: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-        items = set(kernel)
-        todo = list(items)
-        while todo:
-            r, d = todo.pop()
-            if d < len(rhs[r]):
-                s = rhs[r][d]
-                if isinstance(s, Nonterminal):
-                    for r2 in by_lhs.get(s, ()):
-                        if (r2, 0) not in items:
-                            items.add((r2, 0))
-                            todo.append((r2, 0))
-        return items
 
-    k0 = frozenset([(aug, 0)])
+def _closure0(rules: _Rules, kernel: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """LR(0) closure of a set of items (rule, dot)."""
+    items = set(kernel)
+    todo = list(items)
+    while todo:
+        r, d = todo.pop()
+        if d < len(rules.rhs[r]):
+            s = rules.rhs[r][d]
+            if isinstance(s, Nonterminal):
+                for r2 in rules.by_lhs.get(s, ()):
+                    if (r2, 0) not in items:
+                        items.add((r2, 0))
+                        todo.append((r2, 0))
+    return items
+
+
+def _lr0_automaton(rules: _Rules) -> tuple[list[frozenset], list[dict[Any, int]]]:
+    """Kernels of the LR(0) states (state 0: S' -> . start) and their transitions."""
+    k0 = frozenset([(rules.aug, 0)])
     kernels: list[frozenset] = [k0]
     index = {k0: 0}
     trans: list[dict[Any, int]] = []
     i = 0
     while i < len(kernels):
-        items = closure0(kernels[i])
         moves: dict[Any, set] = {}
-        for r, d in items:
-            if d < len(rhs[r]):
-                moves.setdefault(rhs[r][d], set()).add((r, d + 1))
+        for r, d in _closure0(rules, kernels[i]):
+            if d < len(rules.rhs[r]):
+                moves.setdefault(rules.rhs[r][d], set()).add((r, d + 1))
         tr: dict[Any, int] = {}
         for sym, kern in moves.items():
             fk = frozenset(kern)
@@ -144,14 +144,32 @@ def build_tables(g: Any) -> dict[str, Any]:
             tr[sym] = index[fk]
         trans.append(tr)
         i += 1
-    n_states = len(kernels)
+    return kernels, trans
 
-    # LALR(1) look-aheads by fixpoint propagation over the LR(0) automaton
-    la: list[dict[tuple[int, int], set]] = [{it: set() for it in k} for k in kernels]
-    la[0][(aug, 0)].add(_EOF)
 
-    def closure1(state: int) -> dict[tuple[int, int], set]:
-        items = {it: set(v) for it, v in la[state].items()}
+class _Lookaheads:
+    """LALR(1) look-aheads of the kernel items, by fixpoint propagation over the LR(0) automaton."""
+
+    def __init__(self, rules: _Rules, kernels: list[frozenset], trans: list[dict[Any, int]],
+                 first: dict[Any, set], nullable: set) -> None:
+        self.rules, self.first, self.nullable = rules, first, nullable
+        self.la: list[dict[tuple[int, int], set]] = [{it: set() for it in k} for k in kernels]
+        self.la[0][(rules.aug, 0)].add(_EOF)
+        changed = True
+        while changed:
+            changed = False
+            for s in range(len(kernels)):
+                for (r, d), look in self.closure1(s).items():
+                    if d < len(rules.rhs[r]) and look:
+                        target = self.la[trans[s][rules.rhs[r][d]]][(r, d + 1)]
+                        if not look <= target:
+                            target |= look
+                            changed = True
+
+    def closure1(self, state: int) -> dict[tuple[int, int], set]:
+        """LR(1) closure of ``state``'s kernel: item -> its look-ahead tokens."""
+        rhs, by_lhs = self.rules.rhs, self.rules.by_lhs
+        items = {it: set(v) for it, v in self.la[state].items()}
         todo = list(items)
         while todo:
             it = todo.pop()
@@ -161,7 +179,7 @@ def build_tables(g: Any) -> dict[str, Any]:
             s = rhs[r][d]
             if not isinstance(s, Nonterminal) or s not in by_lhs:
                 continue
-            f, null = first_seq(rhs[r][d + 1 :])
+            f, null = _first_seq(rhs[r][d + 1:], self.first, self.nullable)
             new = f | items[it] if null else f
             for r2 in by_lhs[s]:
                 it2 = (r2, 0)
@@ -174,35 +192,42 @@ def build_tables(g: Any) -> dict[str, Any]:
                     todo.append(it2)
         return items
 
-    changed = True
-    while changed:
-        changed = False
-        for s in range(n_states):
-            for (r, d), look in closure1(s).items():
-                if d < len(rhs[r]) and look:
-                    target = la[trans[s][rhs[r][d]]][(r, d + 1)]
-                    if not look <= target:
-                        target |= look
-                        changed = True
 
-    # action / goto tables
+def _state_row(s: int, trans: dict[Any, int], closure: dict[tuple[int, int], set], rules: _Rules,
+               nt_key: dict[Any, int]) -> tuple[dict[Any, list[int]], dict[int, int]]:
+    """Actions (token -> shifts (state >= 0) and reductions (-rule - 1)) and gotos of one state."""
+    acts: dict[Any, list[int]] = {}
+    gt: dict[int, int] = {}
+    for sym, tgt in trans.items():
+        if isinstance(sym, str):
+            acts.setdefault(sym, []).append(tgt)
+        elif sym in nt_key:
+            gt[nt_key[sym]] = tgt
+    for (r, d), look in closure.items():
+        if d == len(rules.rhs[r]):
+            for tok in look:
+                acts.setdefault(tok, []).append(-r - 1)
+    return acts, gt
+
+
+def build_tables(g: Any) -> dict[str, Any]:
+    """LALR(1) action/goto tables of grammar ``g`` (conflicts kept as tuples of actions).
+
+    Returns ``{"cyclic": True}`` for a cyclic grammar (A =>+ A), which the chart parser handles.
+    """
+    rules = _Rules(g)
+    nullable, first = _nullable_and_first(rules)
+    if _is_cyclic(rules, nullable):  # cyclic grammars make LR parsing loop: use the chart parser
+        logger.warning("grammar %s is cyclic (A =>+ A); parsing uses nltk's chart parser (slow)", g.name)
+        return {"cyclic": True}
+    kernels, trans = _lr0_automaton(rules)
+    look = _Lookaheads(rules, kernels, trans, first, nullable)
     nt_key = {Nonterminal(s): i for i, s in enumerate(g.nonterminals)}
     action: list[dict[Any, Any]] = []
     goto: list[dict[int, int]] = []
-    n_conflicts = 0
-    conflict_examples: list[str] = []
-    for s in range(n_states):
-        acts: dict[Any, list[int]] = {}
-        gt: dict[int, int] = {}
-        for sym, tgt in trans[s].items():
-            if isinstance(sym, str):
-                acts.setdefault(sym, []).append(tgt)
-            elif sym in nt_key:
-                gt[nt_key[sym]] = tgt
-        for (r, d), look in closure1(s).items():
-            if d == len(rhs[r]):
-                for tok in look:
-                    acts.setdefault(tok, []).append(-r - 1)
+    conflicts: list[str] = []
+    for s in range(len(kernels)):
+        acts, gt = _state_row(s, trans[s], look.closure1(s), rules, nt_key)
         row: dict[Any, Any] = {}
         for tok, lst in acts.items():
             if len(lst) == 1:
@@ -210,29 +235,15 @@ def build_tables(g: Any) -> dict[str, Any]:
             else:
                 lst.sort(reverse=True)  # shifts first, then reductions
                 row[tok] = tuple(lst)
-                n_conflicts += 1
-                if len(conflict_examples) < 5:
-                    conflict_examples.append(f"state {s} on {tok!r}: {len(lst)} actions")
+                conflicts.append(f"state {s} on {tok!r}: {len(lst)} actions")
         action.append(row)
         goto.append(gt)
-    if n_conflicts:
-        logger.info(
-            "grammar %s: LALR(1) table has %d conflicting cells (%s); resolved by forking (generalised LR)",
-            g.name, n_conflicts, "; ".join(conflict_examples),
-        )
-    rule_len = [len(r) for r in rhs]
-    rule_lhs = [nt_key.get(l, -1) for l in lhs_sym]
-    return {
-        "cyclic": False,
-        "action": action,
-        "goto": goto,
-        "rule_len": rule_len,
-        "rule_lhs": rule_lhs,
-        "accept": -aug - 1,
-        "n_states": n_states,
-        "n_conflicts": n_conflicts,
-    }
-
+    if conflicts:
+        logger.info("grammar %s: LALR(1) table has %d conflicting cells (%s); resolved by forking (generalised LR)",
+                    g.name, len(conflicts), "; ".join(conflicts[:5]))
+    return {"cyclic": False, "action": action, "goto": goto, "rule_len": [len(r) for r in rules.rhs],
+            "rule_lhs": [nt_key.get(lhs, -1) for lhs in rules.lhs], "accept": -rules.aug - 1,
+            "n_states": len(kernels), "n_conflicts": len(conflicts)}
 
 
 def glr(tab: dict[str, Any], tokens: list[str]) -> list[int] | str:
