@@ -177,6 +177,29 @@ def row(name: str) -> Row:
     raise KeyError(name)
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, Per):
+        return f"{value.sequence:g} seq / {value.images:g} img" if isinstance(value.sequence, float) else \
+            f"{value.sequence} seq / {value.images} img"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table() -> str:
+    """The zoo as a Markdown table (rows, their columns) followed by the aliases."""
+    lines = ["| model | latent | prior | objective | regulariser | sampler | runs on |", "|---|---|---|---|---|---|---|"]
+    for r in ROWS:
+        latent = r.latent[0] + "".join(f", {k} {_cell(v)}" for k, v in r.latent[1].items()
+                                       if k in ("beta", "kl_anneal_steps"))
+        objective = r.objective[0] + "".join(f", {k} {_cell(v)}" for k, v in r.objective[1].items())
+        reg = r.regularizer[0] + ("" if r.regularizer[0] in ("none", "sn") else f" {_cell(r.regularizer[1])}")
+        lines.append(f"| `{r.name}` | {latent} | {r.prior} | {objective} | {reg} | {r.sampler} | "
+                     f"{', '.join(r.families)} |")
+    lines += ["", "| alias | = row | with |", "|---|---|---|"]
+    lines += [f"| `{a.name}` | `{a.row}` | {', '.join(f'{k} {v}' for k, v in a.values.items())} "
+              f"({', '.join(a.domains)}) |" for a in ALIASES]
+    return "\n".join(lines)
+
+
 def _configs(r: Row, extra: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """{domain: family config with the row's values (+ ``extra``)} for the domains of the row's
     families (those in ``only`` when given)."""

@@ -208,3 +208,12 @@ def test_a_phase_naming_an_unknown_optimizer_is_refused():
 
     with pytest.raises(ConfigError, match="nope"):
         Trainer(_Bad(), TrainConfig(), None, torch.device("cpu"), progress=False)
+
+
+def test_zoo_command_lists_every_row_and_alias(capsys):
+    from discrete_rae.cli import main
+
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name in [r.name for r in zoo.ROWS] + [a.name for a in zoo.ALIASES]:
+        assert f"| `{name}` |" in out, name

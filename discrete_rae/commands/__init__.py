@@ -8,6 +8,8 @@ here and add it to :data:`COMMANDS`. Nothing below this package imports it.
 
 from __future__ import annotations
 
-from . import compare, encode, evaluate, fit_sampler, image_table, interpolate, optimize, reconstruct, sample, train
+from . import (compare, encode, evaluate, fit_sampler, image_table, interpolate, optimize, reconstruct, sample, train,
+               zoo)
 
-COMMANDS = (train, sample, evaluate, encode, reconstruct, compare, image_table, optimize, interpolate, fit_sampler)
+COMMANDS = (train, sample, evaluate, encode, reconstruct, compare, image_table, optimize, interpolate, fit_sampler,
+            zoo)
