@@ -217,22 +217,27 @@ class DiagonalGaussian(Posterior):
         return super().kl(prior)
 
 
-class PointMass(Posterior):
-    """A deterministic code z [B, D] (RAE / AE): no density; divergence = the prior's energy."""
+class _NoDensity(Posterior):
+    """A deterministic code: ``sample``, ``log_prob`` and ``kl`` raise :class:`NoDensityError`."""
 
     has_density = False
+    what = "a deterministic code"
+
+    def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        raise NoDensityError(f"{self.what} has no posterior density to sample with log q")
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise NoDensityError(f"{self.what} has no posterior density")
+
+    def kl(self, prior: Prior) -> Tensor:
+        raise NoDensityError(f"KL(q || p) is not finite for {self.what}; use divergence()")
+
+
+class PointMass(_NoDensity):
+    """A deterministic code z [B, D] (RAE / AE): no density; divergence = the prior's energy."""
 
     def rsample(self) -> Tensor:
         return self.code
-
-    def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        raise NoDensityError("a deterministic code has no posterior density to sample with log q")
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        raise NoDensityError("a deterministic code has no posterior density")
-
-    def kl(self, prior: Prior) -> Tensor:
-        raise NoDensityError("KL(q || p) is infinite for a deterministic code; use divergence()")
 
     def divergence(self, prior: Prior) -> Tensor:
         return prior.energy(self.code)
@@ -280,14 +285,14 @@ class FactorizedCategorical(Posterior):
         return (q * (self.log_q - log_p)).sum((-2, -1))
 
 
-class CategoricalCode(Posterior):
+class CategoricalCode(_NoDensity):
     """A deterministic one-hot code (discrete RAE / AE) from logits log q [B, N, K].
 
     Training input: ``relax(log_q)`` (straight-through one-hot or tempered softmax). No density.
     Divergence (our code penalty, latents_discrete.py): 1/2 sum_{n,k} (l_nk - mean_k l_nk)^2.
     """
 
-    has_density = False
+    what = "a deterministic categorical code"
 
     def __init__(self, log_q: Tensor, relax: Any = None) -> None:
         super().__init__(_flat(one_hot_mode(log_q)))
@@ -295,15 +300,6 @@ class CategoricalCode(Posterior):
 
     def rsample(self) -> Tensor:
         return _flat(self._relax(self.log_q))
-
-    def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        raise NoDensityError("a deterministic categorical code has no posterior density")
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        raise NoDensityError("a deterministic categorical code has no posterior density")
-
-    def kl(self, prior: Prior) -> Tensor:
-        raise NoDensityError("KL(q || p) is not defined for a deterministic categorical code")
 
     def divergence(self, prior: Prior) -> Tensor:
         centred = self.log_q - self.log_q.mean(-1, keepdim=True)
