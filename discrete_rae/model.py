@@ -39,6 +39,8 @@ class SequenceLikelihood(nn.Module):
     def __init__(self, codec: Any, train_mask: str = "grammar") -> None:
         super().__init__()
         self.codec = codec
+        if train_mask not in ("grammar", "constraints"):
+            raise ValueError(f"train_mask {train_mask!r} is unknown; choose grammar or constraints")
         # "constraints": the decoding constraints replayed along the true derivation (cached per example)
         self.step_mask = ConstraintMasks(codec) if train_mask == "constraints" else codec.step_mask
 
