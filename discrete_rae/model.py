@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import Prior, StandardNormal
+from .grammar.teacher_mask import ConstraintMasks
 from .latents import Latent, LatentOutput
 from .objectives import Objective, Phase
 from .regularizers import DecoderRegularizer
@@ -40,13 +41,17 @@ class SequenceLikelihood(nn.Module):
     always allowed, so the result is finite.
     """
 
-    def __init__(self, codec: Any) -> None:
+    def __init__(self, codec: Any, train_mask: str = "grammar") -> None:
         super().__init__()
         self.codec = codec
+        if train_mask not in ("grammar", "constraints"):
+            raise ValueError(f"train_mask {train_mask!r} is unknown; choose grammar or constraints")
+        # "constraints": the decoding constraints replayed along the true derivation (cached per example)
+        self.step_mask = ConstraintMasks(codec) if train_mask == "constraints" else codec.step_mask
 
     def masked_log_probs(self, logits: Tensor, ids: Tensor) -> Tensor:
         logits = logits.float()
-        mask = self.codec.step_mask(ids.long())
+        mask = self.step_mask(ids.long())
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return F.log_softmax(logits, dim=-1)

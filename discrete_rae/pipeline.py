@@ -25,6 +25,7 @@ from .checkpoint import CheckpointError, codec_fingerprint, load_run_checkpoint,
 from .codecs import codec_from_state
 from .config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict, to_toml
 from .data.errors import DataError, check_split_sizes, describe_drops
+from .grammar.teacher_mask import warm_training_masks
 from .io import write_json, write_text
 from .registry import DOMAINS, MODELS, SAMPLERS
 from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
@@ -152,6 +153,7 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
         write_text(run_dir / "config.toml", to_toml(run.sections()))
         write_json(run_dir / "run.json", {"domain": run.domain, "model": run.model_name, "preset": run.preset, **meta},
                    default=str)
+    warm_training_masks(model, prepared.train, prepared.val)  # train_mask = constraints: once per example
     state = trainer.fit(prepared.train, prepared.val)
     train_seconds = state.seconds
     if not dist.is_main:

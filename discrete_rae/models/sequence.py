@@ -24,6 +24,7 @@ def _sequence_codecs() -> list[str]:
 
 
 _CONV = {"encoder": ("conv",)}
+TRAIN_MASKS = ("grammar", "constraints")
 
 
 @dataclass
@@ -63,6 +64,10 @@ class SequenceModelConfig(LatentConfig):
     dec_layers: int = option(1, "decoder RNN layers", ge=1)
     embed_dim: int = option(64, "token embedding size of the GRU encoder / autoregressive decoder", ge=1,
                             applies=({"encoder": ("gru",)}, {"decoder": ("gru",)}))
+    train_mask: str = option("grammar", "rules the training log-softmax runs over at each step: grammar = those of "
+                             "the true step's non-terminal, constraints = those the decoding constraints (length, "
+                             "ring, chemistry masks) allow along the true derivation", choices=TRAIN_MASKS,
+                             kind="training mask", applies={"codec": ("grammar",)})
     word_dropout: float = option(0.0, "autoregressive decoder: probability of hiding each previous token in "
                                  "training", ge=0, lt=1, applies={"decoder": ("gru",)})
 
@@ -85,7 +90,7 @@ def sequence_networks(cfg: SequenceModelConfig, codec: Any) -> Networks:
     def decoder(code_dim: int) -> Any:
         return DECODERS[cfg.decoder](code_dim, vocab, length, **dec_kwargs)
 
-    return Networks(encoder, decoder, SequenceLikelihood(codec))
+    return Networks(encoder, decoder, SequenceLikelihood(codec, cfg.train_mask))
 
 
 def _check_choices(cfg: SequenceModelConfig) -> None:
