@@ -83,6 +83,7 @@ CONTINUOUS_LATENTS = ("gaussian", "deterministic")
 DISCRETE_LATENTS = ("gumbel", "categorical")
 SEQUENCE_DOMAINS = ("molecules", "expressions")
 _DISCRETE = {"latent": DISCRETE_LATENTS}
+_ADVERSARIAL = {"objective": ("aae", "wae_gan")}
 
 
 @dataclass
@@ -123,6 +124,17 @@ class LatentConfig:
     categorical_mode: str = option("argmax", "deterministic categorical code: argmax (straight-through) | softmax",
                                    choices=names_in("discrete_rae.latents_discrete", "CATEGORICAL_MODES"),
                                    kind="categorical mode", applies={"latent": ("categorical",)})
+    # adversarial objectives (objectives_adversarial.py)
+    disc_hidden: int = option(512, "adversarial objectives: discriminator hidden width", ge=1, applies=_ADVERSARIAL)
+    disc_layers: int = option(4, "adversarial objectives: discriminator hidden layers", ge=1, applies=_ADVERSARIAL)
+    adv_weight: float = option(1.0, "adversarial objectives: weight of the encoder's (generator's) adversarial loss "
+                               "(WAE-GAN: lambda in the main loss)", ge=0, applies=_ADVERSARIAL)
+    adv_lr_ratio: float = option(0.5, "adversarial objectives: discriminator learning rate / --lr", gt=0,
+                                 applies=_ADVERSARIAL)
+    adv_beta1: float = option(0.5, "adversarial objectives: Adam beta1 of every optimizer", ge=0, lt=1,
+                              applies=_ADVERSARIAL)
+    adv_sigma: float = option(1.0, "WAE-GAN: sigma of log N(z; 0, sigma^2 I) added to the discriminator's logit",
+                              gt=0, applies={"objective": ("wae_gan",)})
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict, to_t
 from .data.errors import DataError, check_split_sizes, describe_drops
 from .grammar.teacher_mask import warm_training_masks
 from .io import write_json, write_text
+from .objectives_adversarial import adversarial_metrics, is_adversarial
 from .registry import DOMAINS, MODELS, SAMPLERS
 from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
 from .resume import reopen, resume_history
@@ -249,5 +250,8 @@ def evaluate_loaded(loaded: LoadedRun, prepared: Any, device: torch.device, samp
     cfg = loaded.run.eval if n_samples is None else from_dict(EvalConfig, {**to_dict(loaded.run.eval), "n_samples": n_samples})
     metrics = domain.evaluate(loaded.model, pick_sampler(loaded, sampler_name), prepared, cfg, loaded.run_dir,
                               device, progress)
+    if is_adversarial(loaded.model):  # the discriminator on held-out codes vs prior draws
+        codes = domain.encode(loaded.model, prepared.test, device)
+        metrics.update(adversarial_metrics(loaded.model, codes, seed=loaded.run.train.seed))
     return {"model": loaded.run.model_name, "domain": loaded.run.domain,
             "dataset": loaded.run.data.dataset, **metrics}

@@ -119,6 +119,8 @@ INAPPLICABLE = [  # flags, what the error must say
      "--embed-dim does not apply to the conv encoder and the repeat decoder of grammar_rae"),
     (["--domain", "images", "--likelihood", "bernoulli", "--pixel-sigma", "0.2"],
      "--pixel-sigma does not apply to the bernoulli likelihood"),
+    (["--model", "grammar_rae", "--disc-hidden", "64"], "--disc-hidden does not apply to the penalized objective"),
+    (["--model", "aae", "--adv-sigma", "2"], "--adv-sigma does not apply to the aae objective of aae"),
 ]
 
 
