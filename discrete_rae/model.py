@@ -139,8 +139,12 @@ class AutoEncoder(nn.Module):
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         """Every optimizer by name: "main" (:meth:`configure_optimizer`) plus the objective's."""
-        extra = self.objective.extra_optimizers(self, lr) if self.objective is not None else {}
-        return {"main": self.configure_optimizer(lr), **extra}
+        if self.objective is None:
+            return {"main": self.configure_optimizer(lr)}
+        extra = self.objective.extra_optimizers(self, lr)
+        if "main" in extra:
+            raise ValueError("an objective's extra optimizers must not be named 'main' (use main_betas)")
+        return {"main": self.configure_optimizer(lr, betas=self.objective.main_betas()), **extra}
 
     def phases(self) -> list[Phase]:
         """The phases of one training step (objectives.Phase); one phase for most models."""

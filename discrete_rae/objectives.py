@@ -65,8 +65,12 @@ class Objective(nn.Module):
     def terms(self, model: Any, x: Tensor, step: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def main_betas(self) -> tuple[float, float]:
+        """Adam betas of the model's "main" optimizer (adversarial objectives use beta1 0.5)."""
+        return (0.9, 0.999)
+
     def extra_optimizers(self, model: Any, lr: float) -> dict[str, Any]:
-        """Optimizers besides the model's "main" one (name -> torch optimizer)."""
+        """Optimizers besides the model's "main" one (name -> torch optimizer; not "main")."""
         return {}
 
     def phases(self, model: Any) -> list[Phase]:

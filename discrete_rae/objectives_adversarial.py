@@ -144,11 +144,13 @@ class AdversarialAutoencoder(Penalized):
     def _betas(self) -> tuple[float, float]:
         return (self.beta1, 0.999)
 
+    def main_betas(self) -> tuple[float, float]:
+        """The reconstruction phase's optimizer uses the adversarial betas too."""
+        return self._betas()
+
     def extra_optimizers(self, model: Any, lr: float) -> dict[str, torch.optim.Optimizer]:
-        """"main" again with the adversarial betas (it replaces the model's default one), the
-        discriminator's Adam (lr * adv_lr_ratio) and, for the AAE, the generator's Adam."""
-        out = {"main": model.configure_optimizer(lr, betas=self._betas()),
-               "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr * self.lr_ratio,
+        """The discriminator's Adam (lr * adv_lr_ratio) and, for the AAE, the generator's Adam."""
+        out = {"discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr * self.lr_ratio,
                                                  betas=self._betas())}
         if self.separate_generator:
             params = list(model.encoder.parameters()) + list(model.latent.parameters())
