@@ -31,7 +31,7 @@ from .objectives_adversarial import adversarial_metrics, is_adversarial
 from .registry import DOMAINS, MODELS, SAMPLERS
 from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
 from .resume import reopen, resume_history
-from .samplers import Sampler, fit_sampler, sampler_from_state
+from .samplers import Sampler, fit_codes_sampler, sampler_from_state
 from .trainer import DistInfo, Trainer
 from .version import __version__
 
@@ -97,7 +97,7 @@ def fit_samplers(model: torch.nn.Module, domain: Domain, train: torch.Tensor, ru
         if discrete:
             options = {"n_vars": run.model.n_vars, "n_classes": run.model.n_classes, **options}
         t0 = time.monotonic()
-        samplers[name] = fit_sampler(name, codes, run.train.seed, model, **options)
+        samplers[name] = fit_codes_sampler(name, codes, run.train.seed, model, **options)
         log.info("fitted sampler %s on %d codes in %.1fs", name, len(codes), time.monotonic() - t0)
     return samplers
 

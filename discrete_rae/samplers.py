@@ -76,7 +76,7 @@ def build_sampler(name: str, **options: Any) -> Sampler:
     return SAMPLERS.get(name)(**options)
 
 
-def fit_sampler(name: str, codes: Tensor, seed: int = 0, model: Any = None, **options: Any) -> Sampler:
+def fit_codes_sampler(name: str, codes: Tensor, seed: int = 0, model: Any = None, **options: Any) -> Sampler:
     """Build sampler ``name``, bind it to ``model`` (when given) and fit it to codes [N, D]."""
     sampler = build_sampler(name, **options)
     if model is not None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from discrete_rae.pipeline import fit_samplers
-from discrete_rae.samplers import build_sampler, fit_sampler, sampler_from_state
+from discrete_rae.samplers import build_sampler, fit_codes_sampler, sampler_from_state
 from discrete_rae.samplers_fit import compare_samplers, fit_sampler, has_density, heldout_log_likelihood
 from discrete_rae.samplers_learned import TwoStageVAESampler, energy_distance
 
@@ -172,7 +172,7 @@ def test_pipeline_fits_learned_samplers_only_when_asked(data, monkeypatch):
     import discrete_rae.pipeline as pipeline
 
     # the tiny budgets instead of the defaults (this test is about which samplers get fitted)
-    monkeypatch.setattr(pipeline, "fit_sampler", lambda name, codes, seed, model, **o: fit_sampler(
+    monkeypatch.setattr(pipeline, "fit_codes_sampler", lambda name, codes, seed, model, **o: fit_codes_sampler(
         name, codes, seed, model, **{**o, **TINY.get(name, {})}))
     domain = SimpleNamespace(encode=lambda model, train, device: train)
     model = SimpleNamespace(latent=SimpleNamespace(discrete=False))

@@ -17,7 +17,7 @@ from discrete_rae.distributions import (DiagonalGaussian, NoDensityError, PointM
                                         UniformCategorical, build_prior)
 from discrete_rae.objectives import Phase
 from discrete_rae.registry import MODELS
-from discrete_rae.samplers import fit_sampler, sampler_from_state
+from discrete_rae.samplers import fit_codes_sampler, sampler_from_state
 from discrete_rae.trainer import Trainer
 
 load_all()
@@ -129,7 +129,7 @@ def test_the_prior_sampler_draws_from_the_bound_model_prior():
         prior = UniformCategorical(6, 2, 3)
 
     codes = torch.eye(3).repeat(4, 2)  # any [N, 6] codes: only the dimension is read
-    sampler = fit_sampler("prior", codes, 0, _Model())
+    sampler = fit_codes_sampler("prior", codes, 0, _Model())
     draws = sampler.sample(7, torch.Generator().manual_seed(0))
     assert torch.equal(draws.view(7, 2, 3).sum(-1), torch.ones(7, 2))  # one-hot, not Gaussian
     again = sampler_from_state(sampler.state_dict())

@@ -57,7 +57,7 @@ from ..metrics.images import FeatureExtractor, frechet, load_or_train_feature_ne
 from ..nn.images import as_float_images
 from ..presets import PRESETS
 from ..registry import DOMAINS
-from ..samplers import Sampler, fit_sampler
+from ..samplers import Sampler, fit_codes_sampler
 from .base import Prepared, split_indices
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class ImageDomain:
             seed = int(prepared.info.get("seed", 0))
             for name in missing:
                 options = {"k": cfg.gmm_k} if name == "gmm" else {}
-                out[name] = fit_sampler(name, codes, seed, model, **options)
+                out[name] = fit_codes_sampler(name, codes, seed, model, **options)
         return {n: out[n] for n in (*REPORTED_SAMPLERS, *out) if n in out}
 
     # --- evaluation --------------------------------------------------------------------------
