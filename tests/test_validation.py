@@ -119,6 +119,10 @@ INAPPLICABLE = [  # flags, what the error must say
      "--embed-dim does not apply to the conv encoder and the repeat decoder of grammar_rae"),
     (["--domain", "images", "--likelihood", "bernoulli", "--pixel-sigma", "0.2"],
      "--pixel-sigma does not apply to the bernoulli likelihood"),
+    (["--model", "grammar_rae", "--iw-k", "3"], "--iw-k does not apply to the penalized objective of grammar_rae"),
+    (["--model", "vae", "--mmd-weight", "5"], "--mmd-weight does not apply to the penalized objective of vae"),
+    (["--model", "iwae", "--mae-eta", "2"], "--mae-eta does not apply to the iwae objective of iwae"),
+    (["--model", "wae_mmd", "--info-lambda", "10"], "(only to objective info_vae)"),
 ]
 
 
