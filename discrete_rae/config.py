@@ -135,6 +135,18 @@ class LatentConfig:
                               applies=_ADVERSARIAL)
     adv_sigma: float = option(1.0, "WAE-GAN: sigma of log N(z; 0, sigma^2 I) added to the discriminator's logit",
                               gt=0, applies={"objective": ("wae_gan",)})
+    # objective weights (objectives_mmd.py, objectives_iwae.py, objectives_mae.py)
+    mmd_weight: float = option(10.0, "WAE-MMD: weight lambda of MMD(codes, prior draws)", ge=0,
+                               applies={"objective": ("wae_mmd",)})
+    info_alpha: float = option(0.0, "InfoVAE: alpha in rec + (1 - alpha) KL + (alpha + lambda - 1) MMD", le=1,
+                               applies={"objective": ("info_vae",)})
+    info_lambda: float = option(1000.0, "InfoVAE: lambda in rec + (1 - alpha) KL + (alpha + lambda - 1) MMD", ge=0,
+                                applies={"objective": ("info_vae",)})
+    iw_k: int = option(5, "IWAE: importance samples k per example", ge=1, applies={"objective": ("iwae",)})
+    mae_eta: float = option(50.0, "MAE: weight eta of the diversity term -mean_d log sigmoid(mean pairwise KL_d)",
+                            ge=0, applies={"objective": ("mae",)})
+    mae_gamma: float = option(0.1, "MAE: weight gamma of the smoothness term mean_d std(pairwise KL_d)", ge=0,
+                              applies={"objective": ("mae",)})
 
 
 @dataclass

@@ -164,6 +164,9 @@ class Posterior:
     """q(z|x) for a batch; see the module docstring for the interface."""
 
     has_density = True
+    #: True when ``sample(k)`` is differentiable in the posterior's parameters (reparameterised),
+    #: so that importance-weighted objectives can train through it.
+    reparameterized = False
 
     def __init__(self, code: Tensor) -> None:
         self.code = code
@@ -190,7 +193,13 @@ class Posterior:
 
 
 class DiagonalGaussian(Posterior):
-    """N(mu, diag(exp(logvar))); mu, logvar [B, D]."""
+    """N(mu, diag(exp(logvar))); mu, logvar [B, D].
+
+    ``sample(k)`` is reparameterised: z = mu + exp(logvar / 2) * eps with eps ~ N(0, I) drawn
+    independently of the parameters, so gradients flow to mu and logvar through z and log q.
+    """
+
+    reparameterized = True
 
     def __init__(self, mu: Tensor, logvar: Tensor) -> None:
         super().__init__(mu)

@@ -83,7 +83,10 @@ class GaussianLatent(Latent):
 
     def forward(self, h: Tensor) -> LatentOutput:
         mu, logvar = self.head(h).chunk(2, dim=-1)
-        logvar = logvar.clamp(-12.0, 8.0)  # keeps exp() finite under bf16 and early training
+        # keeps exp() finite under bf16 and early training; straight-through, so that a logvar
+        # pushed past a bound still gets the gradient of the clamped value and can come back
+        # (a hard clamp froze one dimension of an IWAE at logvar 8 for good)
+        logvar = logvar + (logvar.clamp(-12.0, 8.0) - logvar).detach()
         q = DiagonalGaussian(mu, logvar)
         z = q.rsample() if self.training else mu
         return LatentOutput(z=z, code=mu, stats={"mu": mu, "logvar": logvar}, posterior=q)

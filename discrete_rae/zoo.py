@@ -157,6 +157,22 @@ ROWS: tuple[Row, ...] = (
         "added to the discriminator's logit, prior sampling (Tolstikhin et al. 2018)",
         _code(0.0), _NORMAL, ("wae_gan", {"adv_weight": Per(sequence=1.0, images=1000.0), "adv_sigma": 1.0}),
         _NONE, "prior"),
+    # --- part 1 of the family (objectives): objectives_mmd.py, objectives_iwae.py, objectives_mae.py
+    # WAE-MMD: lambda on this toolkit's summed-nll scale. The paper's 10 multiplies a squared error
+    # summed over pixels; our default pixel nll is that error / (2 sigma^2) with sigma = 0.1, i.e.
+    # 50 x the paper's cost, so the paper's balance is lambda = 10 x 50 = 500 on images.
+    # Sequences (summed categorical nats, no such scale): the paper's 10. Neither is tuned.
+    Row("wae_mmd", "WAE-MMD: deterministic code, rec + lambda * MMD(codes, N(0, I) draws) with the inverse "
+        "multiquadratic kernel, prior sampling (Tolstikhin et al. 2018)", _code(0.0), _NORMAL,
+        ("wae_mmd", {"mmd_weight": Per(sequence=10.0, images=500.0)}), _NONE, "prior"),
+    Row("info_vae", "InfoVAE: rec + (1 - alpha) KL + (alpha + lambda - 1) MMD(q(z), p(z)), alpha 0, lambda 1000 "
+        "(Zhao et al. 2019, MNIST)", _gaussian(1.0), _NORMAL,
+        ("info_vae", {"info_alpha": 0.0, "info_lambda": 1000.0}), _NONE, "prior"),
+    Row("iwae", "IWAE: Gaussian latent, the negative importance-weighted bound with k = 5 samples "
+        "(Burda et al. 2016)", ("gaussian", {"beta": 1.0, "kl_anneal_steps": 0}), _NORMAL, ("iwae", {"iw_k": 5}), _NONE, "prior"),
+    Row("mae", "MAE: -ELBO - eta mean_d log sigmoid(mean pairwise KL_d) + gamma mean_d std(pairwise KL_d), "
+        "eta 50, gamma 0.1 (Ma et al. 2019)", _gaussian(1.0), _NORMAL,
+        ("mae", {"mae_eta": 50.0, "mae_gamma": 0.1}), _NONE, "prior"),
 )
 
 ALIASES: tuple[Alias, ...] = (

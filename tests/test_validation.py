@@ -121,6 +121,10 @@ INAPPLICABLE = [  # flags, what the error must say
      "--pixel-sigma does not apply to the bernoulli likelihood"),
     (["--model", "grammar_rae", "--disc-hidden", "64"], "--disc-hidden does not apply to the penalized objective"),
     (["--model", "aae", "--adv-sigma", "2"], "--adv-sigma does not apply to the aae objective of aae"),
+    (["--model", "grammar_rae", "--iw-k", "3"], "--iw-k does not apply to the penalized objective of grammar_rae"),
+    (["--model", "vae", "--mmd-weight", "5"], "--mmd-weight does not apply to the penalized objective of vae"),
+    (["--model", "iwae", "--mae-eta", "2"], "--mae-eta does not apply to the iwae objective of iwae"),
+    (["--model", "wae_mmd", "--info-lambda", "10"], "(only to objective info_vae)"),
 ]
 
 

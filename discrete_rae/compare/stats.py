@@ -30,11 +30,6 @@ def reconstruction_nll(model: Any, x: Tensor, device: torch.device, batch: int =
     return torch.cat(out)
 
 
-def _repeat(x: Tensor, k: int) -> Tensor:
-    """x [B, ...] -> [k*B, ...] (k copies, copy-major)."""
-    return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
-
-
 def has_posterior_density(model: Any) -> bool:
     """True when the model's latent is stochastic (its posterior has a density to weight with)."""
     return bool(getattr(model.latent, "stochastic", False))
@@ -44,18 +39,17 @@ def has_posterior_density(model: Any) -> bool:
 def log_weights(model: Any, x: Tensor, k: int, generator: torch.Generator, chunk_rows: int = 4096) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x): [k, B].
 
-    q is the latent's posterior object and p the model's prior (distributions.py).
+    q is the latent's posterior object and p the model's prior (distributions.py); the draws are
+    made in chunks of about ``chunk_rows`` decoded rows (objectives_iwae.weight_terms).
     """
+    from ..objectives_iwae import weight_terms
+
     q = model.latent(model.encoder(x)).posterior
     rows = []
     step = max(1, chunk_rows // max(1, x.shape[0]))
     for k0 in range(0, k, step):
-        kc = min(step, k - k0)
-        z, log_q = q.sample(kc, generator)
-        log_ratio = log_q - model.prior.log_prob(z)
-        xs = _repeat(x, kc)
-        nll = model.likelihood.nll(model.decoder(z.reshape(kc * x.shape[0], -1).to(x.device), xs), xs)
-        rows.append(-nll.float().view(kc, -1) - log_ratio.float())
+        nll, log_ratio = weight_terms(model, q, x, min(step, k - k0), generator)
+        rows.append(-nll - log_ratio)
     return torch.cat(rows)
 
 

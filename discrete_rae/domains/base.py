@@ -33,6 +33,7 @@ from ..codecs import CharCodec, GrammarCodec, SequenceCodec, codec_from_state
 from ..config import EvalConfig, RunConfig
 from ..grammar import Grammar
 from ..io import write_text
+from ..posterior_report import posterior_report
 
 if TYPE_CHECKING:
     from ..metrics.images import FeatureExtractor
@@ -288,7 +289,8 @@ class SequenceDomain(ABC):
         t0 = time.monotonic()
         samples = self.sample_texts(model, sampler, cfg.n_samples, device, cfg.temperature)
         metrics = {**self.sample_metrics(samples, prepared.train_texts), "sampler": sampler.name,
-                   **self.reconstruction(model, prepared, cfg, device)}
+                   **self.reconstruction(model, prepared, cfg, device),
+                   **posterior_report(model, prepared.test, device, int(prepared.info.get("seed", 0)))}
         metrics["eval_seconds"] = round(time.monotonic() - t0, 1)
         if run_dir is not None:
             write_text(run_dir / "samples.txt", "\n".join("<unfinished>" if s is None else s for s in samples) + "\n")

@@ -55,6 +55,7 @@ from ..data.images import ImageDataError, load_mnist5k
 from ..data.molecules import default_data_dir
 from ..metrics.images import FeatureExtractor, frechet, load_or_train_feature_net, precision_recall
 from ..nn.images import as_float_images
+from ..posterior_report import posterior_report
 from ..presets import PRESETS
 from ..registry import DOMAINS
 from ..samplers import Sampler, fit_codes_sampler
@@ -345,6 +346,7 @@ class ImageDomain:
         metrics["fid_feat_interp"] = frechet(real, extractor(mids))
         train_ref = prepared.train[torch.randperm(len(prepared.train), generator=gen)[: cfg.n_samples]]
         metrics["fid_feat_train"] = frechet(real, extractor(train_ref))
+        metrics.update(posterior_report(model, test, device, seed))
         metrics["eval_seconds"] = round(time.monotonic() - t0, 1)
         if run_dir is not None:
             self._pictures(model, run_dir, grids, test, recon, test_codes, pairs, device, metrics)

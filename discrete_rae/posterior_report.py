@@ -1,0 +1,65 @@
+"""Bounds and code usage of a stochastic latent, for every domain's ``evaluate`` (metrics.json).
+
+For a model whose posterior q(z|x) has a density (gaussian or gumbel latent), on the first
+``n`` held-out examples (500 by default, to keep evaluation cheap):
+
+- ``neg_elbo``: -E_x[ mean_i log w_i ], the Monte Carlo negative ELBO over the k draws;
+- ``neg_iwae``: -E_x[ logsumexp_i log w_i - log k ], the negative IWAE bound (Burda et al.
+  2016) with k = ``iw_k`` = 5 draws, log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x);
+  both in nats per example (lower is better; neg_iwae <= neg_elbo up to Monte Carlo noise);
+- ``kl``: E_x[ KL(q(z|x) || p(z)) ] (closed form for the Gaussian / categorical posteriors);
+- ``active_units``: the coordinates of the posterior mean E_q[z|x] whose variance over x exceeds
+  0.01 (Burda et al. 2016, sec. 5.2): mu for the Gaussian, the class probabilities (N*K
+  coordinates) for the Gumbel latent; ``latent_dims`` is their number.
+
+Models with deterministic codes (RAE, AE, WAE, discrete RAE) have no posterior density: the
+report is empty for them. The log weights are compare/stats.py's ``log_weights``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .compare.stats import continuous_code_stats, has_posterior_density, log_weights
+
+#: Held-out examples and importance samples of the report.
+N_EXAMPLES = 500
+IW_K = 5
+
+
+def posterior_mean(posterior: Any) -> Tensor:
+    """E_q[z | x] [B, D]: mu (Gaussian) or the class probabilities, flattened (categorical)."""
+    if hasattr(posterior, "mu"):
+        return posterior.mu.float()
+    if hasattr(posterior, "log_q"):
+        return posterior.log_q.float().exp().reshape(posterior.log_q.shape[0], -1)
+    return posterior.code.float()
+
+
+@torch.no_grad()
+def posterior_report(model: Any, x: Tensor, device: torch.device, seed: int = 0, n: int = N_EXAMPLES,
+                     k: int = IW_K, batch: int = 100) -> dict[str, Any]:
+    """The figures of the module docstring on x[:n] (any tensor of examples [M, ...])."""
+    if not has_posterior_density(model) or len(x) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 11)
+    means, kls, elbo, iwae = [], [], [], []
+    for xb in x[:n].split(batch):
+        xb = xb.to(device)
+        q = model.latent(model.encoder(xb)).posterior
+        means.append(posterior_mean(q).cpu())
+        kls.append(q.kl(model.prior).float().cpu())
+        lw = log_weights(model, xb, k, g).float().cpu()
+        elbo.append(lw.mean(0))
+        iwae.append(torch.logsumexp(lw, 0) - math.log(k))
+    model.train(was_training)
+    usage = continuous_code_stats(torch.cat(means))
+    return {"neg_elbo": -float(torch.cat(elbo).mean()), "neg_iwae": -float(torch.cat(iwae).mean()), "iw_k": k,
+            "kl": float(torch.cat(kls).mean()), "active_units": usage["active_units"],
+            "latent_dims": usage["dims"], "bound_examples": min(n, len(x))}
