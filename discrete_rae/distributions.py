@@ -146,14 +146,20 @@ class UniformCategorical(Prior):
 STANDARD_PRIORS = {"continuous": "standard_normal", "discrete": "uniform_categorical"}
 
 
-def build_prior(name: str, latent: Any) -> Prior:
-    """The prior ``name`` sized for ``latent`` (its ``code_dim``; categorical shape if any)."""
+def build_prior(name: str, latent: Any, cfg: Any = None, codec: Any = None) -> Prior:
+    """The prior ``name`` sized for ``latent`` (its ``code_dim``; categorical shape if any).
+
+    A prior class with a ``from_config(cfg, latent, codec)`` classmethod (e.g. the VampPrior,
+    which needs the input shape and its own config field) is built by that instead.
+    """
     cls = PRIORS.get(name)
     if getattr(latent, "discrete", False) != (cls.kind == "discrete"):
         kind = "discrete" if getattr(latent, "discrete", False) else "continuous"
         fitting = [n for n, c in PRIORS.items() if c.kind == kind]
         raise ValueError(f"prior {name!r} is {cls.kind} but the latent type is {kind}; "
                          f"choose one of: {', '.join(fitting)}")
+    if hasattr(cls, "from_config"):
+        return cls.from_config(cfg, latent, codec)
     if cls.kind == "discrete":
         return cls(latent.code_dim, latent.n_vars, latent.n_classes)
     return cls(latent.code_dim)

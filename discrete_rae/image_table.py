@@ -40,12 +40,14 @@ class TableSpec:
     preset: str = "quick"
     seed: int = 0
     data_dir: str = ""
+    max_steps: int = 0  # 0 = the preset's step budget
 
 
 def table_run_config(model: str, spec: TableSpec) -> Any:
-    """The resolved RunConfig of one row: model defaults < preset < dataset/seed/data directory."""
+    """The resolved RunConfig of one row: model defaults < preset < dataset/seed/data directory/steps."""
     data = {"dataset": spec.dataset, **({"data_dir": spec.data_dir} if spec.data_dir else {})}
-    return resolve_run_config("images", model, spec.preset, None, {"data": data, "train": {"seed": spec.seed}})
+    train = {"seed": spec.seed, **({"max_steps": spec.max_steps} if spec.max_steps else {})}
+    return resolve_run_config("images", model, spec.preset, None, {"data": data, "train": train})
 
 
 def train_or_reuse(model: str, spec: TableSpec, table_dir: Path, device: Any, amp: Any, retrain: bool = False,

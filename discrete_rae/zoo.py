@@ -149,6 +149,10 @@ ROWS: tuple[Row, ...] = (
     Row("discrete_ae", "discrete AE control: deterministic argmax code, no regulariser, ex-post sampling",
         ("categorical", {**_CAT, "categorical_mode": "argmax", "beta": 0.0}), _UNIFORM, _PENALIZED, _NONE,
         "cat_mixture"),
+    # --- part 1 of the family (priors)
+    Row("vamp_vae", "VampPrior VAE: the VAE with p(z) = mean of q(z|u_k) over K learned pseudo-images, KL by "
+        "sampling (Tomczak & Welling 2018); images only", _gaussian(1.0), "vamp", _PENALIZED, _NONE, "prior",
+        families=("images",)),
 )
 
 ALIASES: tuple[Alias, ...] = (
