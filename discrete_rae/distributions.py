@@ -22,7 +22,8 @@ Deterministic codes (point masses) have no density: ``sample``/``log_prob``/``kl
 :class:`NoDensityError`, and ``has_density`` is False so callers can check first.
 
 Priors (registry ``PRIORS``): ``standard_normal`` N(0, I) and ``uniform_categorical``
-(N independent uniform categoricals over K classes). ``sample(n)``, ``log_prob(z)``,
+(N independent uniform categoricals over K classes); ``vamp`` (prior_vamp.py) mixes the
+model's own posteriors at learned pseudo-inputs. ``sample(n)``, ``log_prob(z)``,
 ``energy(z)``; ``export()`` returns the plain tensors the ``prior`` sampler needs to draw
 without the model (checkpoints stay plain data).
 """
