@@ -396,7 +396,7 @@ class ImageDomain:
         return {"n_samples": len(samples), "format": "one image per line: C*H*W grey levels 0-255"}
 
 
-_SAMPLER_TITLES = {"prior": "N(0, I)", "gaussian": "Gaussian fit", "gmm": "GMM fit"}
+_SAMPLER_TITLES = {"prior": "prior p(z)", "gaussian": "Gaussian fit", "gmm": "GMM fit"}
 
 DOMAINS.register("images", ImageDomain())
 
