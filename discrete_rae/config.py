@@ -100,7 +100,7 @@ class LatentConfig:
     latent: str = option("deterministic", "latent type: gaussian = VAE, deterministic = RAE, gumbel = "
                          "Gumbel-softmax VAE, categorical = discrete RAE", choices=LATENTS)
     prior: str = option("standard_normal", "prior p(z): standard_normal (continuous latents) | uniform_categorical "
-                        "(discrete latents)", choices=PRIORS)
+                        "(discrete latents) | vamp (images, gaussian latent)", choices=PRIORS)
     objective: str = option("penalized", "objective: penalized = reconstruction + beta * latent term + decoder "
                             "penalty (the beta-ELBO for VAEs, the RAE loss for RAEs)", choices=OBJECTIVES)
     latent_dim: int = option(56, "code size D", ge=1, applies={"latent": CONTINUOUS_LATENTS})
@@ -121,6 +121,8 @@ class LatentConfig:
                             applies=_DISCRETE)
     straight_through: bool = option(False, "Gumbel: one-hot forward, relaxed gradient",
                                     applies={"latent": ("gumbel",)})
+    vamp_k: int = option(50, "VampPrior: number of learned pseudo-inputs K (mixture components)", ge=1,
+                         applies={"prior": ("vamp",)})
     categorical_mode: str = option("argmax", "deterministic categorical code: argmax (straight-through) | softmax",
                                    choices=names_in("discrete_rae.latents_discrete", "CATEGORICAL_MODES"),
                                    kind="categorical mode", applies={"latent": ("categorical",)})

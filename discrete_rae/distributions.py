@@ -22,7 +22,8 @@ Deterministic codes (point masses) have no density: ``sample``/``log_prob``/``kl
 :class:`NoDensityError`, and ``has_density`` is False so callers can check first.
 
 Priors (registry ``PRIORS``): ``standard_normal`` N(0, I) and ``uniform_categorical``
-(N independent uniform categoricals over K classes). ``sample(n)``, ``log_prob(z)``,
+(N independent uniform categoricals over K classes); ``vamp`` (prior_vamp.py) mixes the
+model's own posteriors at learned pseudo-inputs. ``sample(n)``, ``log_prob(z)``,
 ``energy(z)``; ``export()`` returns the plain tensors the ``prior`` sampler needs to draw
 without the model (checkpoints stay plain data).
 """
@@ -146,14 +147,20 @@ class UniformCategorical(Prior):
 STANDARD_PRIORS = {"continuous": "standard_normal", "discrete": "uniform_categorical"}
 
 
-def build_prior(name: str, latent: Any) -> Prior:
-    """The prior ``name`` sized for ``latent`` (its ``code_dim``; categorical shape if any)."""
+def build_prior(name: str, latent: Any, cfg: Any = None, codec: Any = None) -> Prior:
+    """The prior ``name`` sized for ``latent`` (its ``code_dim``; categorical shape if any).
+
+    A prior class with a ``from_config(cfg, latent, codec)`` classmethod (e.g. the VampPrior,
+    which needs the input shape and its own config field) is built by that instead.
+    """
     cls = PRIORS.get(name)
     if getattr(latent, "discrete", False) != (cls.kind == "discrete"):
         kind = "discrete" if getattr(latent, "discrete", False) else "continuous"
         fitting = [n for n, c in PRIORS.items() if c.kind == kind]
         raise ValueError(f"prior {name!r} is {cls.kind} but the latent type is {kind}; "
                          f"choose one of: {', '.join(fitting)}")
+    if hasattr(cls, "from_config"):
+        return cls.from_config(cfg, latent, codec)
     if cls.kind == "discrete":
         return cls(latent.code_dim, latent.n_vars, latent.n_classes)
     return cls(latent.code_dim)

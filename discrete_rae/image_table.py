@@ -1,16 +1,19 @@
 """The image table behind ``python -m discrete_rae image-table``: the RAE paper's image comparison on one data set.
 
-Trains the image models (default: vae, rae, rae_l2, rae_gp, rae_sn, ae) with the same preset,
-seed and budget into ``RUNS/image-table-DATASET/MODEL`` (a finished run whose resolved config
-is unchanged is reused; an interrupted one is resumed; a trained row with other settings is an
-error unless ``--retrain`` replaces it), then writes
-``RUNS/image-table-DATASET/table.md`` and prints it.
+Trains any zoo rows that run on images (default: the paper's vae, rae, rae_l2, rae_gp, rae_sn,
+ae) with the same preset, seed and step budget (the quick preset: a fixed 800 steps, so the
+table does not depend on the machine's load; ``max_steps`` overrides it) into
+``RUNS/image-table-DATASET/MODEL`` (a finished run whose resolved config is unchanged is reused;
+an interrupted one is resumed; a trained row with other settings is an error unless
+``--retrain`` replaces it), then writes ``RUNS/image-table-DATASET/table.md`` and prints it.
 
 Columns (all on the test split, see domains/images.py): reconstruction MSE per pixel;
-feature-space Fréchet distance of samples drawn with N(0, I), a fitted Gaussian and the
-10-component GMM; the Fréchet distance of decoded midpoints between random pairs of test codes
-("interpolation"); precision / recall (Kynkäänniemi et al., k = 3) with N(0, I) and with GMM
-samples. Lower Fréchet is better; the "data floor" in the notes is training vs test images.
+feature-space Fréchet distance of samples drawn from the model's prior (N(0, I), or e.g. the
+VampPrior mixture), a fitted Gaussian and the 10-component GMM (plus any ``--samplers``, e.g.
+the trained ``two_stage`` / ``flow``: :func:`extra_sampler_scores`); the Fréchet distance of
+decoded midpoints between random pairs of test codes ("interpolation"); precision / recall
+(Kynkäänniemi et al., k = 3) with prior and with GMM samples; a link to each run's sample
+grid. Lower Fréchet is better; the "data floor" in the notes is training vs test images.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ class TableSpec:
     preset: str = "quick"
     seed: int = 0
     data_dir: str = ""
+    max_steps: int = 0  # 0 = the preset's step budget
 
 
 def table_run_config(model: str, spec: TableSpec) -> Any:
-    """The resolved RunConfig of one row: model defaults < preset < dataset/seed/data directory."""
+    """The resolved RunConfig of one row: model defaults < preset < dataset/seed/data directory/steps."""
     data = {"dataset": spec.dataset, **({"data_dir": spec.data_dir} if spec.data_dir else {})}
-    return resolve_run_config("images", model, spec.preset, None, {"data": data, "train": {"seed": spec.seed}})
+    train = {"seed": spec.seed, **({"max_steps": spec.max_steps} if spec.max_steps else {})}
+    return resolve_run_config("images", model, spec.preset, None, {"data": data, "train": train})
 
 
 def train_or_reuse(model: str, spec: TableSpec, table_dir: Path, device: Any, amp: Any, retrain: bool = False,
@@ -96,45 +101,64 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _epochs(m: dict[str, Any]) -> str:
-    return f"{m.get('epochs', '-')}{'*' if m.get('stopped') == 'time budget' else ''}"
+def _steps(m: dict[str, Any]) -> str:
+    return f"{m.get('steps', '-')}{'*' if m.get('stopped') == 'time budget' else ''}"
 
 
 def _pr(m: dict[str, Any], sampler: str) -> str:
     return f"{_fmt(m.get(f'precision_{sampler}'))} / {_fmt(m.get(f'recall_{sampler}'))}"
 
 
+def _sampler_cells(m: dict[str, Any], extra: dict[str, Any] | None, names: tuple[str, ...]) -> list[str]:
+    """Fréchet of each extra ex-post sampler for one row ("-" where it was not fitted)."""
+    scores = (extra or {}).get(m["model"], {})
+    return [_fmt(scores.get(name, {}).get("fid_feat")) for name in names]
+
+
 def format_table(rows: list[dict[str, Any]], spec: TableSpec, seconds: float,
-                 inception: dict[str, Any] | None = None) -> str:
-    """The markdown table (one row per model) with its notes."""
-    head = ["model", "recon MSE", "Fréchet N(0,I)", "Fréchet Gaussian", "Fréchet GMM", "Fréchet interp.",
-            "P / R N(0,I)", "P / R GMM", "epochs", "train s"]
+                 inception: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                 extra_names: tuple[str, ...] = ()) -> str:
+    """The markdown table (one row per model) with its notes; ``extra`` holds the scores of the
+    extra ex-post samplers ``extra_names`` ({model: {sampler: {"fid_feat", "precision", "recall"}}})."""
+    head = ["model", "recon MSE", "Fréchet prior", "Fréchet Gaussian", "Fréchet GMM",
+            *[f"Fréchet {n}" for n in extra_names], "Fréchet interp.", "P / R prior", "P / R GMM", "steps",
+            "train s", "samples"]
     with_fid = bool(inception) and "_skipped" not in inception
+    at = 6 + len(extra_names)
     if with_fid:
-        head[6:6] = ["Inception FID N(0,I)", "Inception FID GMM"]
+        head[at:at] = ["Inception FID prior", "Inception FID GMM"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         cells = [m["model"], _fmt(m.get("recon_mse"), 4), _fmt(m.get("fid_feat_prior")),
-                 _fmt(m.get("fid_feat_gaussian")), _fmt(m.get("fid_feat_gmm")), _fmt(m.get("fid_feat_interp")),
-                 _pr(m, "prior"), _pr(m, "gmm"), _epochs(m), _fmt(m.get("train_seconds"), 0)]
+                 _fmt(m.get("fid_feat_gaussian")), _fmt(m.get("fid_feat_gmm")),
+                 *_sampler_cells(m, extra, extra_names), _fmt(m.get("fid_feat_interp")),
+                 _pr(m, "prior"), _pr(m, "gmm"), _steps(m), _fmt(m.get("train_seconds"), 0),
+                 f"[grid]({m['model']}/samples.png)"]
         if with_fid:
             fids = inception.get(m["model"], {})
-            cells[6:6] = [_fmt(fids.get("prior")), _fmt(fids.get("gmm"))]
+            cells[at:at] = [_fmt(fids.get("prior")), _fmt(fids.get("gmm"))]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {}
+    budget = f"{spec.max_steps} steps (--max-steps)" if spec.max_steps else "the preset's budget"
     notes = [
-        f"Data set {spec.dataset}, preset {spec.preset}, seed {spec.seed}, the same epochs / early stopping / "
-        f"time budget for every model; {first.get('n_samples', '-')} samples per sampler against "
+        f"Data set {spec.dataset}, preset {spec.preset}, seed {spec.seed}, {budget}, the same epochs / early "
+        f"stopping for every model; {first.get('n_samples', '-')} samples per sampler against "
         f"{first.get('n_reference', '-')} test images.",
+        "prior = draws from the model's own prior p(z): N(0, I) for every row except those with another prior "
+        "(vamp_vae: its VampPrior mixture). Gaussian / GMM = one Gaussian / the 10-component GMM fitted to the "
+        "training codes after training (ex-post)"
+        + (f"; {', '.join(extra_names)} = further samplers of the toolkit (--samplers; the trained ones fitted to "
+           "the same codes, once per run)" if extra_names else "") + ".",
         "Fréchet = Fréchet distance in the feature space of the toolkit's own classifier for this data set "
         f"(held-out accuracy {_fmt(first.get('feature_net_accuracy'), 3)}); NOT comparable to Inception FID. "
         f"Data floor (training vs test images, same sizes): {_fmt(first.get('fid_feat_train'))}.",
         "Fréchet interp. = the same distance for decoded midpoints (z_i + z_j)/2 of random pairs of test codes. "
-        "P / R = precision / recall, k-NN manifolds (Kynkäänniemi et al. 2019, k=3). Lower Fréchet is better.",
+        "P / R = precision / recall, k-NN manifolds (Kynkäänniemi et al. 2019, k=3). Lower Fréchet is better. "
+        "samples = each run's grid of 64 decoded draws per sampler.",
         f"Wall time of this command: {seconds:.0f} s (reused runs cost nothing).",
     ]
     if any(m.get("stopped") == "time budget" for m in rows):
-        notes.append("* = stopped by the time budget (max_minutes) before its epochs: not the same training "
+        notes.append("* = stopped by the time budget (max_minutes) before its steps: not the same training "
                      "budget as the other rows (a busy CPU; try --threads 1 or a GPU).")
     if inception and inception.get("_skipped"):
         notes.append(f"Inception FID skipped: {inception['_skipped']}")
@@ -164,4 +188,53 @@ def inception_scores(models: list[str], table_dir: Path, device: Any, n: int) ->
         gen = torch.Generator().manual_seed(loaded.run.train.seed)
         out[model] = {name: frechet(real, features(domain.decode(
             loaded.model, loaded.samplers[name].sample(n, generator=gen), device))) for name in ("prior", "gmm")}
+    return out
+
+
+def extra_sampler_scores(models: list[str], table_dir: Path, device: Any, names: tuple[str, ...],
+                         n: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {sampler: {"fid_feat", "precision", "recall"}}} for ex-post samplers beyond the
+    evaluation's own (e.g. the trained ``two_stage`` / ``flow``), for continuous-code rows.
+
+    Each sampler is fitted to the run's training codes once and stored in its checkpoint
+    (samplers_fit.fit_sampler); n decoded draws (the run's seed) are judged against the test
+    images like the evaluation's samplers; scores are cached in ``extra_samplers.json`` and the
+    grid of the first 64 draws saved as ``samples_NAME.png`` in the run directory.
+    """
+    import torch
+
+    from .domains.images import data_dir_of, image_grid, save_panels
+    from .io import write_json
+    from .metrics.images import frechet, precision_recall
+    from .pipeline import load_run
+    from .registry import DOMAINS, SAMPLERS
+    from .samplers_fit import fit_sampler
+
+    domain, out = DOMAINS.get("images"), {}
+    for model in models:
+        run_dir = table_dir / model
+        cache = run_dir / "extra_samplers.json"
+        scores = json.loads(cache.read_text()) if cache.is_file() else {}
+        todo = [name for name in names if name not in scores]
+        loaded = load_run(run_dir, device) if todo else None
+        if loaded is not None and getattr(loaded.model.latent, "discrete", False):
+            log.info("%s: categorical codes; the continuous samplers %s do not apply", model, ", ".join(todo))
+            todo = []
+        if todo:
+            prepared = domain.prepare(loaded.run, codec_state=loaded.checkpoint["codec"], progress=False)
+            extractor = domain.feature_extractor(prepared.codec.dataset, data_dir_of(loaded.run.data.data_dir))
+            real, seed = extractor(prepared.test), loaded.run.train.seed
+            for name in todo:
+                needs = getattr(SAMPLERS.get(name), "needs_prior", None)
+                if needs and loaded.run.model.prior != needs:  # e.g. vamp: only models with that prior
+                    continue
+                sampler = loaded.samplers.get(name) or fit_sampler(run_dir, name, device)
+                fake = domain.decode(loaded.model, sampler.sample(n, generator=torch.Generator().manual_seed(seed)),
+                                     device)
+                feats = extractor(fake)
+                scores[name] = {"fid_feat": frechet(real, feats), **precision_recall(real, feats, seed=seed)}
+                save_panels([(name, image_grid(fake[:64]))], run_dir / f"samples_{name}.png")
+                log.info("%s: sampler %s Fréchet %.2f", model, name, scores[name]["fid_feat"])
+            write_json(cache, scores)
+        out[model] = scores
     return out

@@ -85,6 +85,8 @@ class AutoEncoder(nn.Module):
         self.decoder = regularizer.prepare(decoder)
         self.codec = codec
         self.prior = prior if prior is not None else StandardNormal(latent.code_dim)
+        if hasattr(self.prior, "attach"):  # a prior built from the model's own networks (VampPrior)
+            self.prior.attach(self)
         self.objective = objective
 
     # --- training --------------------------------------------------------------------------

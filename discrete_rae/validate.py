@@ -143,6 +143,9 @@ def check_combinations(run: RunConfig) -> None:
     if run.eval.sampler:
         if getattr(SAMPLERS.get(run.eval.sampler), "discrete", False) != discrete:
             raise UsageError(f"--sampler {run.eval.sampler!r} does not fit the {kind} latent {m.latent!r}")
+        needs = getattr(SAMPLERS.get(run.eval.sampler), "needs_prior", None)
+        if needs and m.prior != needs:
+            raise UsageError(f"--sampler {run.eval.sampler!r} needs the {needs} prior; {run.model_name} has {m.prior!r}")
     else:
         default = MODELS.get(run.model_name).sampler
         if getattr(SAMPLERS.get(default), "discrete", False) != discrete:
@@ -151,6 +154,10 @@ def check_combinations(run: RunConfig) -> None:
                              f"of {run.model_name} does not fit a {kind} latent; pass --sampler "
                              f"({' | '.join(fitting)})")
     prior_kind = getattr(PRIORS.get(m.prior), "kind", "continuous")
+    prior_domains = getattr(PRIORS.get(m.prior), "domains", None)
+    if prior_domains and run.domain not in prior_domains:
+        raise UsageError(f"{label_of(run, 'model', 'prior')} {m.prior!r} runs only on {'/'.join(prior_domains)}, "
+                         f"not on {run.domain}")
     if (prior_kind == "discrete") != discrete:
         fitting = [n for n, cls in PRIORS.items() if (getattr(cls, "kind", "") == "discrete") == discrete]
         raise UsageError(f"{label_of(run, 'model', 'prior')} {m.prior!r} is a {prior_kind} prior but the latent "

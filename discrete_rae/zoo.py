@@ -173,6 +173,10 @@ ROWS: tuple[Row, ...] = (
     Row("mae", "MAE: -ELBO - eta mean_d log sigmoid(mean pairwise KL_d) + gamma mean_d std(pairwise KL_d), "
         "eta 50, gamma 0.1 (Ma et al. 2019)", _gaussian(1.0), _NORMAL,
         ("mae", {"mae_eta": 50.0, "mae_gamma": 0.1}), _NONE, "prior"),
+    # --- part 1 of the family (priors)
+    Row("vamp_vae", "VampPrior VAE: the VAE with p(z) = mean of q(z|u_k) over K learned pseudo-images, KL by "
+        "sampling (Tomczak & Welling 2018); images only", _gaussian(1.0), "vamp", _PENALIZED, _NONE, "prior",
+        families=("images",)),
 )
 
 ALIASES: tuple[Alias, ...] = (

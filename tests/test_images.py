@@ -211,12 +211,12 @@ def test_image_table_trains_then_reuses(tmp_path, data_dir, capsys, monkeypatch)
     assert main(argv + ["--inception"]) == 0  # finished runs with the same config are reused, not retrained
     assert (tmp_path / "image-table-digits" / "vae" / "checkpoint.pt").stat().st_mtime_ns == stamp
     out = capsys.readouterr().out
-    assert "| vae |" in out and "Inception FID skipped: pytorch_fid" in out and "Inception FID N(0,I)" not in out
+    assert "| vae |" in out and "Inception FID skipped: pytorch_fid" in out and "Inception FID prior" not in out
     # Where pytorch_fid and its cached weights exist, the Inception columns appear (a stand-in net here).
     _fake_pytorch_fid(monkeypatch, tmp_path / "hub")
     assert main(argv + ["--inception"]) == 0
     header = capsys.readouterr().out.splitlines()[2]
-    assert "Inception FID N(0,I)" in header and "Inception FID GMM" in header
+    assert "Inception FID prior" in header and "Inception FID GMM" in header
 
 
 def _fake_pytorch_fid(monkeypatch, hub: Path) -> None:

@@ -47,7 +47,7 @@ def build_model(cfg: Any, codec: Any) -> AutoEncoder:
     latent = build_latent(cfg, nets.encoder.out_dim)
     decoder = nets.decoder(latent.code_dim)
     try:
-        prior = build_prior(cfg.prior, latent)
+        prior = build_prior(cfg.prior, latent, cfg, codec)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return AutoEncoder(nets.encoder, latent, decoder, nets.likelihood,
