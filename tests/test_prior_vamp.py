@@ -17,7 +17,7 @@ from discrete_rae.errors import ConfigError, UsageError
 from discrete_rae.models.build import build_model
 from discrete_rae.prior_vamp import VampPrior, VampSampler, mixture_log_prob
 from discrete_rae.registry import MODELS
-from discrete_rae.samplers import fit_sampler, sampler_from_state
+from discrete_rae.samplers import fit_codes_sampler, sampler_from_state
 from discrete_rae.validate import validate_run
 
 SHAPE = (1, 8, 8)
@@ -102,7 +102,7 @@ def test_prior_and_vamp_samplers_round_trip_through_plain_data():
     model = vamp_model().eval()
     codes = torch.randn(20, 3)
     for name in ("prior", "vamp"):
-        sampler = fit_sampler(name, codes, 0, model)
+        sampler = fit_codes_sampler(name, codes, 0, model)
         buf = io.BytesIO()
         torch.save(sampler.state_dict(), buf)
         buf.seek(0)
