@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discrete_rae.latents import DeterministicLatent, GaussianLatent, LatentOutput
+from types import SimpleNamespace
+
+from discrete_rae.distributions import DiagonalGaussian, PointMass, StandardNormal
+from discrete_rae.latents import DeterministicLatent, LatentOutput
 from discrete_rae.model import AutoEncoder
+from discrete_rae.objectives import Penalized
 from discrete_rae.regularizers import build_regularizer
+
+
+def _objective(beta: float, kl_anneal_steps: int = 0) -> Penalized:
+    return Penalized(SimpleNamespace(beta=beta, kl_anneal_steps=kl_anneal_steps))
 
 
 class _Decoder(nn.Module):
@@ -30,8 +38,8 @@ class _Lik(nn.Module):
 
 def _model(reg: str, weight: float = 0.1) -> AutoEncoder:
     torch.manual_seed(0)
-    return AutoEncoder(nn.Sequential(nn.Linear(6, 8), nn.ReLU()), DeterministicLatent(8, 4, beta=0.01), _Decoder(),
-                       _Lik(), build_regularizer(reg, weight))
+    return AutoEncoder(nn.Sequential(nn.Linear(6, 8), nn.ReLU()), DeterministicLatent(8, 4), _Decoder(),
+                       _Lik(), build_regularizer(reg, weight), objective=_objective(0.01))
 
 
 def test_l2_decays_only_decoder_weight_matrices():
@@ -89,17 +97,20 @@ def test_spectral_norm_bounds_linear_layers_and_skips_rnn():
 
 
 def test_gaussian_kl_and_annealing():
-    lat = GaussianLatent(3, 2, beta=2.0, kl_anneal_steps=10)
-    out = LatentOutput(z=torch.zeros(4, 2), code=torch.zeros(4, 2),
-                       stats={"mu": torch.zeros(4, 2), "logvar": torch.zeros(4, 2)})
-    assert torch.allclose(lat.kl(out), torch.zeros(4))
-    out.stats["mu"] = torch.ones(4, 2)
-    assert torch.allclose(lat.kl(out), torch.full((4,), 1.0))  # 1/2 * sum(mu^2) = 1
-    assert lat.penalty(out, 0) == 0 and torch.isclose(lat.penalty(out, 5), torch.tensor(1.0))
-    assert torch.isclose(lat.penalty(out, 100), torch.tensor(2.0))
+    prior, objective = StandardNormal(2), _objective(2.0, kl_anneal_steps=10)
+    model = SimpleNamespace(prior=prior)
+    assert torch.allclose(DiagonalGaussian(torch.zeros(4, 2), torch.zeros(4, 2)).kl(prior), torch.zeros(4))
+    q = DiagonalGaussian(torch.ones(4, 2), torch.zeros(4, 2))
+    assert torch.allclose(q.kl(prior), torch.full((4,), 1.0))  # 1/2 * sum(mu^2) = 1
+    out = LatentOutput(z=q.mu, code=q.mu, posterior=q)
+    assert objective.latent_term(model, out, 0) == 0
+    assert torch.isclose(objective.latent_term(model, out, 5), torch.tensor(1.0))
+    assert torch.isclose(objective.latent_term(model, out, 100), torch.tensor(2.0))
 
 
 def test_deterministic_latent_penalty():
-    lat = DeterministicLatent(3, 2, beta=0.5)
     z = torch.tensor([[3.0, 4.0]])
-    assert torch.isclose(lat.penalty(LatentOutput(z, z), 0), torch.tensor(0.5 * 0.5 * 25))
+    out = LatentOutput(z, z, posterior=PointMass(z))
+    model = SimpleNamespace(prior=StandardNormal(2))
+    # beta/2 ||z||^2, and not annealed: a deterministic code's term has its full weight from step 0
+    assert torch.isclose(_objective(0.5, kl_anneal_steps=10).latent_term(model, out, 0), torch.tensor(0.5 * 0.5 * 25))
