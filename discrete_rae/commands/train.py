@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser, model_name: str | None = None, dom
     """Run flags plus one flag per field of the model's config and of the train/data/eval configs."""
     load_all()
     p.add_argument("--domain", default="molecules", help="molecules | expressions | images (default: molecules)")
-    p.add_argument("--model", default=None, help="registered model name (default: grammar_rae, images: rae_l2)")
+    p.add_argument("--model", default=None, help="zoo row or alias (default: grammar_rae, images: rae_l2; `python -m discrete_rae zoo` lists them)")
     p.add_argument("--preset", default="quick", help="smoke (seconds) | quick (default, <=10 min CPU) | paper (GPU)")
     p.add_argument("--config", default=None, help="TOML file with [model]/[train]/[data]/[eval] sections")
     p.add_argument("--run-name", default=None, help="run directory name under --runs-dir (default: MODEL-DOMAIN[-N])")
