@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import CategoricalCode, FactorizedCategorical
+from .distributions import CategoricalCode, FactorizedCategorical, UniformCategorical, one_hot_mode
 from .latents import Latent, LatentOutput
 from .registry import LATENTS
 
@@ -65,7 +65,7 @@ def sample_gumbel(shape: torch.Size | tuple[int, ...], generator: torch.Generato
 
 def hard_one_hot(scores: Tensor) -> Tensor:
     """one_hot(argmax) over the last dim, same shape and dtype as ``scores`` [..., K]."""
-    return F.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
+    return one_hot_mode(scores)
 
 
 def straight_through(soft: Tensor) -> Tensor:
@@ -92,8 +92,8 @@ def categorical_kl_uniform(log_q: Tensor) -> Tensor:
 
     KL = sum_k q_k (log q_k + log K); q_k = 0 entries contribute exactly 0.
     """
-    q = log_q.exp()
-    return (q * (log_q + math.log(log_q.shape[-1]))).sum((-2, -1))
+    _, n, k = log_q.shape
+    return FactorizedCategorical(log_q).kl(UniformCategorical(n * k, n, k))
 
 
 def temperature_at(step: int, tau: float, tau_min: float, tau_rate: float, tau_every: int) -> float:

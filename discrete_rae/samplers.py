@@ -20,7 +20,6 @@ samplers_discrete.py.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -92,7 +91,10 @@ class PriorSampler(Sampler):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.prior_name, self.prior_state = "standard_normal", None
+        self.prior_name, self.prior_state = "standard_normal", None  # unbound: N(0, I) of the codes' size
+
+    def _state(self) -> dict[str, Any]:
+        return self.prior_state if self.prior_state is not None else {"dim": self.dim}
 
     def bind(self, model: Any) -> "PriorSampler":
         prior = getattr(model, "prior", None)
@@ -102,14 +104,10 @@ class PriorSampler(Sampler):
         return self
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.prior_state is None:
-            return torch.randn(n, self.dim, generator=generator)
-        return PRIORS.get(self.prior_name).sample_exported(self.prior_state, n, generator)
+        return PRIORS.get(self.prior_name).sample_exported(self._state(), n, generator)
 
     def log_prob(self, codes: Tensor) -> Tensor:
-        if self.prior_state is None:
-            return -0.5 * (codes.pow(2).sum(-1) + codes.shape[1] * math.log(2 * math.pi))
-        return PRIORS.get(self.prior_name).log_prob_exported(self.prior_state, codes)
+        return PRIORS.get(self.prior_name).log_prob_exported(self._state(), codes)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "prior_name": self.prior_name, "prior_state": self.prior_state}

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from .checkpoint import remove_stale_temporaries, save_atomic
 from .config import ConfigError, TrainConfig
 from .io import write_text
+from .objectives import Phase
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ def model_phases(model: nn.Module) -> list[Any]:
     """The model's training phases; a model without ``phases`` has one: its loss, "main"."""
     if hasattr(model, "phases"):
         return list(model.phases())
-    from types import SimpleNamespace
-
-    return [SimpleNamespace(name="main", optimizer="main", loss=model.loss, repeats=1)]
+    return [Phase("main", "main", model.loss)]
 
 
 def model_optimizers(model: nn.Module, lr: float) -> dict[str, torch.optim.Optimizer]:
