@@ -7,6 +7,8 @@
    on rank 0 ends every rank with exit code 2 instead of a hang.
 3. Sharding: equal step counts on every rank, and the global batch of one process.
 4. (slow) ``--resume`` under torchrun is exact.
+5. Several phases and optimizers (the AAE: reconstruction, discriminator, generator) train under
+   DDP: the replicas stay equal, and every part (encoder, decoder, discriminator) is updated.
 """
 
 from __future__ import annotations
@@ -68,6 +70,27 @@ def test_two_processes_agree_and_match_one_process(tmp_path, one_thread):
         torch.testing.assert_close(ranks[0]["model_state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     first = ddp_hist[0]["train"]["loss"]
     assert ddp_hist[-1]["train"]["loss"] < first  # it trained
+
+
+def test_adversarial_model_trains_under_ddp_with_equal_replicas(tmp_path, one_thread):
+    import ddp_worker
+
+    data_dir = str(tmp_path / "data")
+    ddp_worker.train_once(data_dir, 64, model_name="aae")  # builds the data cache before the ranks start
+    proc = _torchrun(str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), data_dir, "32", "aae", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    final, initial = ranks[0]["model_state"], ranks[0]["initial_state"]
+    for key, value in final.items():
+        # every phase's gradients are all-reduced, so the two replicas never drift apart
+        assert torch.equal(value, ranks[1]["model_state"][key]), key
+    changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("objective.") else "")
+               for k, v in final.items() if v.is_floating_point() and not torch.equal(v, initial[k])}
+    for part in ("encoder", "decoder", "objective.discriminator"):
+        assert part in changed, (part, sorted(changed))  # each optimizer stepped its parameters
+    history = ranks[0]["history"]
+    assert [h["step"] for h in history] == [6, 12]
+    assert any(k.startswith("discriminator/") for k in history[-1]["train"]), history[-1]["train"]
 
 
 def _train_argv(runs: Path, *extra: str) -> list[str]:
