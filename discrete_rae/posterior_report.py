@@ -13,6 +13,8 @@ For a model whose posterior q(z|x) has a density (gaussian or gumbel latent), on
 All come from the same K = 50 draws per example: the ELBO is their mean log weight, the k = 5
 bound the mean of the bounds of the 10 disjoint groups of 5 (the same expectation as one group,
 lower variance), so the figures are comparable between models evaluated with the same seed.
+Cost: 50 decoder passes per example (k = 5 alone needed 5): on one CPU core about 10 s for 360
+mnist5k images (channels 32,64) and 30 s for 400 molecules with the quick network.
 - ``kl``: E_x[ KL(q(z|x) || p(z)) ] (closed form for the Gaussian / categorical posteriors);
 - ``active_units``: the coordinates of the posterior mean E_q[z|x] whose variance over x exceeds
   0.01 (Burda et al. 2016, sec. 5.2): mu for the Gaussian, the class probabilities (N*K
