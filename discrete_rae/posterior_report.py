@@ -3,22 +3,22 @@
 For a model whose posterior q(z|x) has a density (gaussian or gumbel latent), on the first
 ``n`` held-out examples (500 by default, to keep evaluation cheap):
 
-- ``neg_elbo``: -E_x[ mean_i log w_i ], the Monte Carlo negative ELBO over the k draws;
+- ``neg_elbo``: -E_x[ mean_i log w_i ], the Monte Carlo negative ELBO over the draws;
 - ``neg_iwae``: -E_x[ logsumexp_i log w_i - log k ], the negative IWAE bound (Burda et al.
   2016) with k = ``iw_k`` = 5 draws, log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x);
 - ``neg_iwae_50``: the same with k = ``iw_k_large`` = 50 draws, a tighter bound (closer to
   -log p(x)); all three in nats per example (lower is better; neg_iwae_50 <= neg_iwae <=
   neg_elbo up to Monte Carlo noise);
+- ``kl``: E_x[ KL(q(z|x) || p(z)) ] (closed form for the Gaussian / categorical posteriors);
+- ``active_units``: the coordinates of the posterior mean E_q[z|x] whose variance over x exceeds
+  0.01 (Burda et al. 2016, sec. 5.2): mu for the Gaussian, the class probabilities (N*K
+  coordinates) for the Gumbel latent; ``latent_dims`` is their number.
 
 All come from the same K = 50 draws per example: the ELBO is their mean log weight, the k = 5
 bound the mean of the bounds of the 10 disjoint groups of 5 (the same expectation as one group,
 lower variance), so the figures are comparable between models evaluated with the same seed.
 Cost: 50 decoder passes per example (k = 5 alone needed 5): on one CPU core about 10 s for 360
 mnist5k images (channels 32,64) and 30 s for 400 molecules with the quick network.
-- ``kl``: E_x[ KL(q(z|x) || p(z)) ] (closed form for the Gaussian / categorical posteriors);
-- ``active_units``: the coordinates of the posterior mean E_q[z|x] whose variance over x exceeds
-  0.01 (Burda et al. 2016, sec. 5.2): mu for the Gaussian, the class probabilities (N*K
-  coordinates) for the Gumbel latent; ``latent_dims`` is their number.
 
 Models with deterministic codes (RAE, AE, WAE, discrete RAE) have no posterior density: the
 report is empty for them. The log weights are compare/stats.py's ``log_weights``.
