@@ -145,6 +145,10 @@ class LatentConfig:
     info_lambda: float = option(1000.0, "InfoVAE: lambda in rec + (1 - alpha) KL + (alpha + lambda - 1) MMD", ge=0,
                                 applies={"objective": ("info_vae",)})
     iw_k: int = option(5, "IWAE: importance samples k per example", ge=1, applies={"objective": ("iwae",)})
+    iw_estimator: str = option("dreg", "IWAE: gradient estimator: dreg (doubly reparameterised, Tucker et al. 2019) "
+                               "| iwae (the bound's plain reparameterised gradient)",
+                               choices=names_in("discrete_rae.objectives_iwae", "IW_ESTIMATORS"),
+                               kind="IWAE gradient estimator", applies={"objective": ("iwae",)})
     mae_eta: float = option(50.0, "MAE: weight eta of the diversity term -mean_d log sigmoid(mean pairwise KL_d)",
                             ge=0, applies={"objective": ("mae",)})
     mae_gamma: float = option(0.1, "MAE: weight gamma of the smoothness term mean_d std(pairwise KL_d)", ge=0,

@@ -169,7 +169,8 @@ ROWS: tuple[Row, ...] = (
         "(Zhao et al. 2019, MNIST)", _gaussian(1.0), _NORMAL,
         ("info_vae", {"info_alpha": 0.0, "info_lambda": 1000.0}), _NONE, "prior"),
     Row("iwae", "IWAE: Gaussian latent, the negative importance-weighted bound with k = 5 samples "
-        "(Burda et al. 2016)", ("gaussian", {"beta": 1.0, "kl_anneal_steps": 0}), _NORMAL, ("iwae", {"iw_k": 5}), _NONE, "prior"),
+        "(Burda et al. 2016), DReG gradients (Tucker et al. 2019)", ("gaussian", {"beta": 1.0, "kl_anneal_steps": 0}),
+        _NORMAL, ("iwae", {"iw_k": 5, "iw_estimator": "dreg"}), _NONE, "prior"),
     Row("mae", "MAE: -ELBO - eta mean_d log sigmoid(mean pairwise KL_d) + gamma mean_d std(pairwise KL_d), "
         "eta 50, gamma 0.1 (Ma et al. 2019)", _gaussian(1.0), _NORMAL,
         ("mae", {"mae_eta": 50.0, "mae_gamma": 0.1}), _NONE, "prior"),
