@@ -131,6 +131,7 @@ class DecodeState:
         # length mask: `need` = fewest rules that finish every pending non-terminal
         self._nt_min, self._rhs_min = t["nt_min"], t["rhs_min"]
         self.need = torch.full((B,), int(self._nt_min[grammar._start_nt]), dtype=torch.long, device=device)
+        self._top: torch.Tensor | None = None  # top() of the current step (reset by push / reorder)
 
     @property
     def done(self) -> torch.Tensor:
@@ -164,7 +165,16 @@ class DecodeState:
 
     def top(self) -> torch.Tensor:
         """LongTensor ``[B]``: non-terminal on top of each stack (``Nothing`` when done or cut)."""
-        return self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
+        if self._top is None:  # read by several masks per step: gathered once
+            self._top = self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
+        return self._top
+
+    def base_c(self, taken: Any) -> torch.Tensor:
+        """BoolTensor ``[B, C]``: :meth:`allowed` on the top symbols' candidate rules, from the packed
+        columns ``taken`` (:mod:`discrete_rae.grammar.packs`, ``base_columns``) of :meth:`top`."""
+        if not self.length_mask:
+            return taken.b("valid")
+        return self.need.unsqueeze(1) + taken.l("dmin") <= self.max_length - self.t - 1
 
     def allowed(self) -> torch.Tensor:
         """BoolTensor ``[B, R]``: rules allowed at this step (only the pad rule when done or cut).
@@ -194,6 +204,7 @@ class DecodeState:
         self._ids = self._ids.index_select(0, index)
         self.need = self.need.index_select(0, index)
         self.batch_size = int(index.numel())
+        self._top = None
 
     def push(self, rule_ids: torch.Tensor, check: bool = True) -> None:
         """Apply one rule per sample: pop the top non-terminal, push the rule's RHS non-terminals.
@@ -226,6 +237,7 @@ class DecodeState:
         newly_cut = ptr > (self.max_length - self.t)
         self.cut |= newly_cut
         self.ptr = ptr.masked_fill_(newly_cut, 0)
+        self._top = None
 
 
 
