@@ -118,7 +118,7 @@ class ChemState:
         key = (g.hash, bool(tables["aromatic"]), str(dev))
         self.tab = cached(("chem_tab",) + key, lambda: _to(tables, dev))
         self._cands = cached(("chem_cand",) + key, lambda: merge_pack(dev, base_columns(g), ring_columns(g, ring._tables),
-                                                                       chem_columns(g, tables)))
+                                                                        chem_columns(g, tables)))
         self._rules = cached(("chem_rule",) + key, lambda: chem_rule_pack(ring._tables, tables, dev))
         self._bracket_cols = self.tab["bracket"].nonzero().view(-1)
         bracket_nts = {g._nt_index[nt] for nt in BRACKET_NTS if nt in g._nt_index}
@@ -127,8 +127,10 @@ class ChemState:
         self._earlier = torch.ones(N_DIGITS, N_DIGITS, dtype=torch.bool, device=dev).tril(-1)  # d' < d
         self._orders = torch.arange(1, 4, device=dev)
         B, S = base.stack.shape
-        if self.tab["own_next"].shape[1] != base._rhs.shape[1]:
+        K = base._rhs.shape[1]
+        if self.tab["own_next"].shape[1] != K:
             raise ValueError("chem tables and decode state disagree on the right-hand-side width")
+        self._slots = torch.arange(1, K + 1, device=dev)
         A = base.max_length + 2
         self.none_atom = A - 1
         self.own = torch.full((B, S), A - 1, dtype=torch.long, device=dev)
@@ -136,19 +138,20 @@ class ChemState:
         self.vcap = torch.full((B, A), int(tables["maxcap"]), dtype=torch.long, device=dev)
         self.vcap[:, A - 1] = BIG
         self.parent = torch.full((B, A), -1, dtype=torch.long, device=dev)
-        self.n_atoms = torch.zeros(B, dtype=torch.long, device=dev)
+        self.n_atoms = torch.zeros(B, 1, dtype=torch.long, device=dev)
         self.cells = torch.ones(B, GRID, dtype=torch.bool, device=dev)
-        self.br_el = torch.full((B,), len(ELEMENTS), dtype=torch.long, device=dev)
-        self.dctx = torch.zeros(B, dtype=torch.long, device=dev)
-        self.bond_ring = torch.zeros(B, dtype=torch.bool, device=dev)
-        self.pend_order = torch.ones(B, dtype=torch.long, device=dev)
-        self.pend_explicit = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.br_el = torch.full((B, 1), len(ELEMENTS), dtype=torch.long, device=dev)
+        self.dctx = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.bond_ring = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+        self.pend_order = torch.ones(B, 1, dtype=torch.long, device=dev)
+        self.pend_explicit = torch.zeros(B, 1, dtype=torch.bool, device=dev)
         self.ring_atom = torch.full((B, N_DIGITS), A - 1, dtype=torch.long, device=dev)
         self.ring_order = torch.ones(B, N_DIGITS, dtype=torch.long, device=dev)
         self.ring_explicit = torch.zeros(B, N_DIGITS, dtype=torch.bool, device=dev)
         self.partner = torch.zeros(B, A, dtype=torch.bool, device=dev)
         self.fallback_rows = torch.zeros(B, dtype=torch.bool, device=dev)
-        self.owed_next = torch.zeros(B, dtype=torch.bool, device=dev)  # ring bonds promised to the next atom
+        self.owed_next = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # ring bonds promised to the next atom
+        self._o: Tensor | None = None  # owner of the top symbol this step (reset by push / reorder)
 
     _ROW_TENSORS = ("own", "used", "vcap", "parent", "n_atoms", "cells", "br_el", "dctx", "bond_ring",
                     "pend_order", "pend_explicit", "ring_atom", "ring_order", "ring_explicit", "partner",
@@ -166,11 +169,14 @@ class ChemState:
         index = index.to(self.used.device)
         for name in self._ROW_TENSORS:
             setattr(self, name, getattr(self, name).index_select(0, index))
+        self._o = None
         self.ring.reorder(index)
 
     def _owner(self) -> Tensor:
-        """[B] atom owning the symbol on top of the stack (the "no atom" slot when none)."""
-        return self.own.gather(1, self.state.ptr.unsqueeze(1)).squeeze(1)
+        """[B, 1] atom owning the symbol on top of the stack (the "no atom" slot when none)."""
+        if self._o is None:
+            self._o = self.own.gather(1, self.state.ptr.unsqueeze(1))
+        return self._o
 
     # ------------------------------------------------------------------ masks
 
@@ -194,9 +200,9 @@ class ChemState:
         (+ length) mask AND ring masks AND chemistry masks; a row the constraints leave no rule
         falls back to the ring masks, then to the grammar mask (and is marked in ``fallback_rows``)."""
         cand, base, ring_ok, ok = self._masks()
-        has = ok.any(1, keepdim=True)
-        self.fallback_rows |= ~has.squeeze(1)
-        return cand, torch.where(has, ok, torch.where(ring_ok.any(1, keepdim=True), ring_ok, base))
+        has = ok.any(1)
+        self.fallback_rows |= ~has
+        return cand, torch.where(has.unsqueeze(1), ok, torch.where(ring_ok.any(1, keepdim=True), ring_ok, base))
 
     def allowed(self) -> Tensor:
         """BoolTensor [B, R]: :meth:`allowed_c` scattered over all rules."""
@@ -205,42 +211,48 @@ class ChemState:
 
     def _chem_c(self, T: Taken, ctx: dict[str, Tensor]) -> Tensor:
         """[B, C] the chemistry masks on the candidate rules (``T``: the step's packed columns,
-        ``ctx``: what :meth:`RingClosureState.ring_c` computed)."""
+        ``ctx``: what :meth:`RingClosureState.ring_c` computed). Each block that no row needs
+        this step is skipped after one ``any()``."""
         o, n = self._owner(), self.n_atoms
         last = (n - 1).clamp(min=0)
-        at = torch.stack([o, n, last], 1)  # [B, 3] the owner, the next atom, the latest atom
+        at = torch.cat([o, n, last], 1)  # [B, 3] the owner, the next atom, the latest atom
         used, cap, par = self.used.gather(1, at), self.vcap.gather(1, at), self.parent.gather(1, at)
-        kn = torch.where(self.bond_ring.unsqueeze(1), 0, T.l("k1"))  # order above single for the next atom
-        cap_new = torch.where(T.b("fixcap"), T.l("new_cap"), cap[:, 1:2])
-        used_n = used[:, 1:2] + T.l("add_n") + kn
-        ok = (used[:, :1] + T.l("add_ok1") <= cap[:, :1]) & (used_n <= cap_new)
-        # ring digits: a closure must not duplicate a bond, exceed a valence or contradict the bond
-        # symbol written at the opening (the bad open digits as a bit mask)
-        p = self.ring_atom  # [B, 10] atom that opened each ring
-        is_open = (self.ring.open.unsqueeze(1) & self.ring._bits) != 0
-        joined = self.partner.gather(1, p)
-        used_p, cap_p = self.used.gather(1, p), self.vcap.gather(1, p)
-        pe = self.pend_explicit.unsqueeze(1)
-        clash = pe & self.ring_explicit & (self.ring_order != self.pend_order.unsqueeze(1))
-        extra_o = torch.where(pe, 0, self.ring_order - 1)
-        extra_p = torch.where(pe & ~self.ring_explicit, (self.pend_order - 1).unsqueeze(1), 0)
-        fits = (used[:, :1] + extra_o <= cap[:, :1]) & (used_p + extra_p <= cap_p)
-        bad = is_open & ((p == par[:, :1]) | joined | clash | ~fits)
-        bit = ctx["bit"]
-        ok &= (bit & (bad.long() * self.ring._bits).sum(1, keepdim=True)) == 0
-        no_later = ctx["no_later"]
-        st = self.state
-        if st.length_mask or bool(no_later.any()):
+        used_o, used_n0, _ = used.split(1, 1)
+        cap_o, cap_n, _ = cap.split(1, 1)
+        kn = T.l("k1").masked_fill(self.bond_ring, 0)  # order above single added to the next atom
+        cap_new = torch.where(T.b("fixcap"), T.l("new_cap"), cap_n)
+        used_n = used_n0 + T.l("add_n") + kn
+        ok = (used_o + T.l("add_ok1") <= cap_o) & (used_n <= cap_new)
+        st, ring = self.state, self.ring
+        any_open = bool((ring.open != 0).any())
+        to_close = not bool(ctx["later"].all())  # some rule leaves no atom to come
+        if any_open or to_close:
+            p = self.ring_atom  # [B, 10] atom that opened each ring
+            is_open = (ring.open & ring._bits) != 0
+            joined = self.partner.gather(1, p)
+            used_p, cap_p = self.used.gather(1, p), self.vcap.gather(1, p)
             eq = p.unsqueeze(2) == p.unsqueeze(1)  # [B, 10, 10] two rings opened at one atom
-        if bool(no_later.any()):
-            d = torch.where(self.ring.pending.unsqueeze(1), T.l("d1"), T.l("d0"))
-            ok &= ~no_later | self._closable(T, ctx, d, o, last, used, cap, par, is_open, joined, eq, used_p, cap_p,
-                                             kn, cap_new, used_n)
-        if st.length_mask:
-            ok &= self._room(T, ctx, is_open, eq)
+            if bool(ctx["closing"].any()):
+                # ring digits: a closure must not duplicate a bond, exceed a valence or contradict
+                # the bond symbol written at the opening (the bad open digits as a bit mask)
+                pe = self.pend_explicit
+                clash = pe & self.ring_explicit & (self.ring_order != self.pend_order)
+                extra_o = (self.ring_order - 1).masked_fill(pe, 0)
+                extra_p = (self.pend_order - 1) * (pe & ~self.ring_explicit)
+                fits = (used_o + extra_o <= cap_o) & (used_p + extra_p <= cap_p)
+                bad = is_open & ((p == par[:, :1]) | joined | clash | ~fits)
+                ok &= (ctx["bit"] & (bad * ring._bits).sum(1, keepdim=True)) == 0
+            if to_close:
+                d = torch.where(ring.pending, T.l("d1"), T.l("d0"))
+                ok &= ctx["later"] | self._closable(T, ctx, d, o, last, used, cap, par, is_open, joined, eq, used_p,
+                                                    cap_p, kn, cap_new, used_n)
+            if st.length_mask and any_open:  # with no ring open, the ring mask's length test is this one
+                ok &= self._room(T, ctx, is_open, eq)
+        else:
+            is_open = torch.zeros_like(self.ring_explicit)
         # bracket interiors: only the rows writing one (a handful per step)
         top = st.top()
-        inside = self._bracket_nt.index_select(0, top) | ((top == self.ring._digit_nt) & (self.dctx != CTX_NONE))
+        inside = self._bracket_nt.index_select(0, top) | ((top == ring._digit_nt) & (self.dctx.squeeze(1) != CTX_NONE))
         rows = inside.nonzero().view(-1)
         if rows.numel():
             ok[rows] &= self._bracket_ok(rows, T.l("cand").index_select(0, rows), is_open.index_select(0, rows))
@@ -249,38 +261,38 @@ class ChemState:
     def _closable(self, T: Taken, ctx: dict[str, Tensor], d: Tensor, o: Tensor, last: Tensor, used: Tensor,
                   cap: Tensor, par: Tensor, is_open: Tensor, joined: Tensor, eq: Tensor, used_p: Tensor,
                   cap_p: Tensor, kn: Tensor, cap_new: Tensor, used_n: Tensor) -> Tensor:
-        """[B, C] when no atom is to come after the ring bonds still owed (the ring mask's
-        ``no_later``), every open ring must be closable by the atom A that owes them: distinct
+        """[B, C] when no atom is to come after the ring bonds still owed (not the ring mask's
+        ``later``), every open ring must be closable by the atom A that owes them: distinct
         openers, none A's chain neighbour, already joined to A or opened by A, and A's capacity
         must cover the bond orders of all those closures. A is the next atom while its ring bonds
         are promised but it is not written yet, else the latest atom. (``used`` / ``cap`` / ``par``
         [B, 3]: of the owner, the next and the latest atom; ``*_p`` [B, 10]: of the ring openers.)"""
         ring, p = self.ring, self.ring_atom
-        here = (ring.here.unsqueeze(1) & ring._bits) != 0
+        here = (ring.here & ring._bits) != 0
         cand_l = is_open & ~here & ~joined & (p != par[:, 2:3])  # rings the latest atom can close
         cand_n = is_open & (p != par[:, 1:2])  # ... the next atom, its parent known
-        cand_no = is_open & (p != o.unsqueeze(1))  # ... the next atom, this rule makes o its parent
+        cand_no = is_open & (p != o)  # ... the next atom, this rule makes o its parent
         # number of distinct openers among each kind of candidates: [B, 3]
         M = torch.stack([cand_l, cand_n, cand_no], 1)  # [B, 3, 10]
         dup = ((eq & self._earlier).unsqueeze(1) & M.unsqueeze(2)).any(3)  # an earlier candidate, same atom
         distinct = (M & ~dup).sum(2)
-        owed = T.b("next_ring") | self.owed_next.unsqueeze(1)  # [B, C] the next atom owes the closures
+        owed = T.b("next_ring") | self.owed_next  # [B, C] the next atom owes the closures
         bit, closing = ctx["bit"], ctx["closing"]
-        l_bits = (cand_l.long() * ring._bits).sum(1, keepdim=True)
-        cnt = distinct.gather(1, torch.where(owed, T.l("sel"), 0)) - ((bit & l_bits) != 0).long()
+        l_bits = (cand_l * ring._bits).sum(1, keepdim=True)
+        cnt = distinct.gather(1, T.l("sel") * owed) - ((bit & l_bits) != 0).long()
         ok = cnt >= ctx["open_after"]
         # capacity of A for closing every open ring (cost: the order written at the opening, else 1)
         cost = torch.where(self.ring_explicit, self.ring_order, 1) * is_open
         cost_d = cost.gather(1, d)
-        s_after = cost.sum(1, keepdim=True) - closing.long() * cost_d
+        s_after = cost.sum(1, keepdim=True) - cost_d * closing
         # (a ring-bond symbol's order is part of the cost of the ring it will close)
-        used_l = (used[:, 2:3] + (o == last).long().unsqueeze(1) * (T.l("add_o") + kn)
-                  + (closing & ~self.pend_explicit.unsqueeze(1)).long() * (cost_d - 1))
+        used_l = (used[:, 2:3] + (T.l("add_o") + kn) * (o == last)
+                  + (cost_d - 1) * (closing & ~self.pend_explicit))
         used_a = torch.where(owed, used_n, used_l)
         cap_a = torch.where(owed, cap_new, cap[:, 2:3])
         ok &= used_a + s_after - ctx["ob_after"] <= cap_a
         # a ring-bond symbol with nothing to come: some open ring must take that order
-        rb = T.b("bondk") & self.bond_ring.unsqueeze(1)
+        rb = T.b("bondk") & self.bond_ring
         if bool(rb.any()):
             fits_p = used_p.unsqueeze(2) + (self._orders - 1) <= cap_p.unsqueeze(2)  # [B, 10, 3]
             same = self.ring_order.unsqueeze(2) == self._orders
@@ -291,17 +303,16 @@ class ChemState:
     def _room(self, T: Taken, ctx: dict[str, Tensor], is_open: Tensor, eq: Tensor) -> Tensor:
         """[B, C] rings opened at one atom must close at distinct atoms: beyond the atoms that
         pending symbols will write anyway (and the one owing ring bonds), each costs at least two
-        more rules (a chain or branch grows by one atom), on top of the ring mask's two per digit."""
+        more rules (a chain or branch grows by one atom), on top of the ring mask's two per digit.
+        (Only called when some ring is open: with none, the ring mask's length test is this one.)"""
         st = self.state
         shared = (eq & is_open.unsqueeze(1)).sum(2) * is_open  # [B, 10] open rings from each one's atom
         mult = shared.amax(1, keepdim=True)  # [B, 1] most open rings from one atom
         ob_after = ctx["ob_after"]
-        atoms_after = self.ring.atoms.unsqueeze(1) + T.l("datom")
+        atoms_after = self.ring.atoms + T.l("datom")
         more_atoms = (mult - ctx["closing"].long() - atoms_after - (ob_after > 0).long()).clamp(min=0)
-        digits = (ctx["open_after"] - ob_after).clamp(min=0)
         # the pad rule under ``Nothing`` always fits (its dmin is -FAR)
-        after = st.need.unsqueeze(1) + T.l("dmin")
-        return after + 2 * digits + 2 * more_atoms <= st.max_length - st.t - 1
+        return torch.add(ctx["after"], ctx["diff"].clamp(min=0) + more_atoms, alpha=2) <= st.max_length - st.t - 1
 
     def _bracket_ring_need(self, rows: Tensor, is_open: Tensor) -> Tensor:
         """[b] bond orders a bracket atom being written will need for closing every open ring
@@ -313,10 +324,10 @@ class ChemState:
         ring = self.ring
         top = self.state.top().index_select(0, rows)
         N = ring._nts.take(top)
-        pend_digit = (ring.pending.index_select(0, rows) & (top == ring._digit_nt)).long()
+        pend_digit = (ring.pending.index_select(0, rows).squeeze(1) & (top == ring._digit_nt)).long()
         r0_cap, r0_ob = self._r0()
-        cap_after = ring.cap.index_select(0, rows) - N.l("nt_cap") - pend_digit + r0_cap
-        ob_after = ring.ob.index_select(0, rows) - N.l("nt_ob") - pend_digit + r0_ob
+        cap_after = ring.cap.index_select(0, rows).squeeze(1) - N.l("nt_cap") - pend_digit + r0_cap
+        ob_after = ring.ob.index_select(0, rows).squeeze(1) - N.l("nt_ob") - pend_digit + r0_ob
         return torch.where(cap_after <= ob_after, (cost - ob_after).clamp(min=0), 0)
 
     def _r0(self) -> tuple[int, int]:
@@ -337,12 +348,13 @@ class ChemState:
             table = tab[name]
             return table.index_select(0, cand.reshape(-1)).view(*cand.shape, *table.shape[1:])
 
-        a = (self.n_atoms.index_select(0, rows) - 1).clamp(min=0)
-        need = (self.used.index_select(0, rows).gather(1, a[:, None])
+        a = (self.n_atoms.index_select(0, rows) - 1).clamp(min=0)  # [b, 1]
+        need = (self.used.index_select(0, rows).gather(1, a)
                 + self._bracket_ring_need(rows, is_open).unsqueeze(1))  # [b, 1]
         score = tab["score"]
-        cells, dctx = self.cells.index_select(0, rows), self.dctx.index_select(0, rows)
-        fit = cells & (score.index_select(0, self.br_el.index_select(0, rows)) >= need)  # [b, GRID]
+        cells, dctx = self.cells.index_select(0, rows), self.dctx.index_select(0, rows).squeeze(1)
+        br_el = self.br_el.index_select(0, rows).squeeze(1)
+        fit = cells & (score.index_select(0, br_el) >= need)  # [b, GRID]
         permit = at("permit")  # [b, C, GRID]
         ok = ~at("bracket") | (fit.unsqueeze(1) & permit).any(2)
         el = at("el")
@@ -361,64 +373,66 @@ class ChemState:
     def push(self, rule_ids: Tensor, check: bool = True) -> None:
         """Apply one rule per sample (see :meth:`DecodeState.push`) and update the chemistry state."""
         rule = rule_ids.to(device=self.used.device, dtype=torch.long).reshape(-1)
-        R = self._rules.take(rule)  # [B, F] the chosen rules' attributes
+        R = self._rules.take(rule, rows=True)  # [B, 1] per attribute of the chosen rules
         ring = self.ring
         bit, d = ring.digit_bits(R)
         o, n = self._owner(), self.n_atoms
-        o1, n1 = o.unsqueeze(1), n.unsqueeze(1)
-        # bond orders: a bond symbol's order goes to the owner, and to the next atom for a chain bond
-        # (a rule writing a ring digit is never a bond rule, so the pending ring-bond symbol read
-        # below for the digit is the one written before it)
+        # bond orders: a bond symbol's order goes to the owner, and to the next atom for a chain
+        # bond (a rule writing a ring digit is never a bond rule, so the pending ring-bond symbol
+        # read below for the digit is the one written before it)
         k = R.l("bond_k")
         ring_bond = (k > 0) & self.bond_ring
         self.pend_order = torch.where(ring_bond, k, self.pend_order)
         self.pend_explicit = self.pend_explicit | ring_bond
-        # the ring digit: closing, the end without a bond symbol takes the order written at the other
+        add_o = R.l("add_ok1")
         has = bit != 0
-        closing = (ring.open & bit) != 0
-        opening = has & ~closing
-        d1 = d.unsqueeze(1)
-        p = self.ring_atom.gather(1, d1).squeeze(1)
-        r_order = self.ring_order.gather(1, d1).squeeze(1)
-        r_expl = self.ring_explicit.gather(1, d1).squeeze(1)
-        extra_o = torch.where(closing & ~self.pend_explicit, r_order - 1, 0)
-        extra_p = torch.where(closing & self.pend_explicit & ~r_expl, self.pend_order - 1, 0)
-        self.used.scatter_add_(1, o1, (R.l("add_ok1") + extra_o).unsqueeze(1))
-        self.used.scatter_add_(1, n1, torch.where(self.bond_ring, R.l("add_n"), R.l("add_nk1")).unsqueeze(1))
-        self.used.scatter_add_(1, p.unsqueeze(1), extra_p.unsqueeze(1))
-        self.parent.scatter_(1, n1, torch.where(R.b("parent").unsqueeze(1), o1, self.parent.gather(1, n1)))
-        p1 = p.unsqueeze(1)
-        self.partner.scatter_(1, p1, self.partner.gather(1, p1) | closing.unsqueeze(1))
-        # opening: remember the atom and the bond symbol
-        self.ring_atom.scatter_(1, d1, torch.where(opening, o, p).unsqueeze(1))
-        self.ring_order.scatter_(1, d1, torch.where(opening, self.pend_order, r_order).unsqueeze(1))
-        self.ring_explicit.scatter_(1, d1, torch.where(opening, self.pend_explicit, r_expl).unsqueeze(1))
-        self.pend_order = torch.where(has, 1, self.pend_order)
-        self.pend_explicit = self.pend_explicit & ~has
+        if bool(has.any()):
+            add_o = add_o + self._push_ring_digit(has, (ring.open & bit) != 0, d, o)
+        self.used.scatter_add_(1, o, add_o)
+        self.used.scatter_add_(1, n, torch.where(self.bond_ring, R.l("add_n"), R.l("add_nk1")))
+        self.parent.scatter_(1, n, torch.where(R.b("parent"), o, self.parent.gather(1, n)))
         self._push_bracket(R, rule)
         # a new atom: its capacity, a fresh bracket state, no ring partners yet
         creates = R.b("creates")
-        self.vcap.scatter_(1, n1, torch.where(creates.unsqueeze(1), R.l("new_cap").unsqueeze(1), self.vcap.gather(1, n1)))
+        self.vcap.scatter_(1, n, torch.where(creates, R.l("new_cap"), self.vcap.gather(1, n)))
         opens = R.b("opens_bracket")
-        self.cells = self.cells | opens.unsqueeze(1)
-        self.br_el = torch.where(opens, len(ELEMENTS), self.br_el)
-        self.partner.masked_fill_(creates.unsqueeze(1), False)
-        self.n_atoms = n + creates.long()
+        self.cells = self.cells | opens
+        self.br_el = self.br_el.masked_fill(opens, len(ELEMENTS))
+        self.partner.masked_fill_(creates, False)
+        self.n_atoms = n + creates
         self.owed_next = (self.owed_next | R.b("next_ring")) & ~creates
         # contexts for the symbols the rule pushes (expanded next)
         ctx = R.l("bond_ctx")
         self.bond_ring = torch.where(ctx >= 0, ctx == 1, self.bond_ring)
         dctx = R.l("dctx")
         lead_done = (self.dctx == CTX_ISO) & (R.l("digit") >= 0)
-        self.dctx = torch.where(dctx >= 0, dctx, torch.where(lead_done, 0, self.dctx))
+        self.dctx = torch.where(dctx >= 0, dctx, self.dctx.masked_fill(lead_done, 0))
         # owners of the pushed symbols, at the slots DecodeState.push writes
         own_next = self.tab["own_next"].index_select(0, rule)  # [B, K]
-        slots = (self.state.ptr - 1).clamp(min=0).unsqueeze(1) + self._slots(own_next.shape[1])
-        self.own.scatter_(1, slots, torch.where(own_next, n1, o1))
+        slots = (self.state.ptr.unsqueeze(1) - 1).clamp(min=0) + self._slots
+        self.own.scatter_(1, slots, torch.where(own_next, n, o))
+        self._o = None
         ring.push_taken(rule, R, bit, check=check)
 
-    def _slots(self, K: int) -> Tensor:
-        return torch.arange(1, K + 1, device=self.used.device)
+    def _push_ring_digit(self, has: Tensor, closing: Tensor, d: Tensor, o: Tensor) -> Tensor:
+        """Open or close the ring whose digit each rule writes (``has``, ``closing``, digit index
+        ``d``, owner ``o``: [B, 1]; before the ring state flips it). Returns the extra bond order
+        the owner takes ([B, 1]): closing, the end without a bond symbol takes the order written
+        at the other end."""
+        opening = has & ~closing
+        p = self.ring_atom.gather(1, d)
+        r_order = self.ring_order.gather(1, d)
+        r_expl = self.ring_explicit.gather(1, d)
+        extra_o = (r_order - 1) * (closing & ~self.pend_explicit)
+        self.used.scatter_add_(1, p, (self.pend_order - 1) * (closing & self.pend_explicit & ~r_expl))
+        self.partner.scatter_(1, p, self.partner.gather(1, p) | closing)
+        # opening: remember the atom and the bond symbol
+        self.ring_atom.scatter_(1, d, torch.where(opening, o, p))
+        self.ring_order.scatter_(1, d, torch.where(opening, self.pend_order, r_order))
+        self.ring_explicit.scatter_(1, d, torch.where(opening, self.pend_explicit, r_expl))
+        self.pend_order = self.pend_order.masked_fill(has, 1)
+        self.pend_explicit = self.pend_explicit & ~has
+        return extra_o
 
     def _push_bracket(self, R: Taken, rule: Tensor) -> None:
         """Narrow the bracket atom's (H count, charge) cells and update its capacity (rows writing
@@ -426,17 +440,15 @@ class ChemState:
         tab = self.tab
         digit = R.l("digit")
         is_digit = digit >= 0
-        in_br = R.b("bracket") | (is_digit & (self.dctx > 0))
+        in_br = R.b("bracket") | (is_digit & (self.dctx > 0))  # [B, 1]
         if not bool(in_br.any()):
             return
-        digit_cells = tab["dperm"][self.dctx, digit.clamp(min=0)]  # [B, GRID]
-        rule_permit = tab["permit"].index_select(0, rule)
-        permit = torch.where(is_digit.unsqueeze(1), digit_cells, rule_permit)
-        self.cells &= permit | ~in_br.unsqueeze(1)
+        digit_cells = tab["dperm"][self.dctx.squeeze(1), digit.clamp(min=0).squeeze(1)]  # [B, GRID]
+        permit = torch.where(is_digit, digit_cells, tab["permit"].index_select(0, rule))
+        self.cells &= permit | ~in_br
         el = R.l("el")
         self.br_el = torch.where(el >= 0, el, self.br_el)
-        a = (self.n_atoms - 1).clamp(min=0).unsqueeze(1)
-        score = tab["score"].index_select(0, self.br_el)
+        a = (self.n_atoms - 1).clamp(min=0)
+        score = tab["score"].index_select(0, self.br_el.squeeze(1))
         cap = torch.where(self.cells, score, -1).amax(1, keepdim=True)
-        self.vcap.scatter_(1, a, torch.where(in_br.unsqueeze(1), cap, self.vcap.gather(1, a)))
-
+        self.vcap.scatter_(1, a, torch.where(in_br, cap, self.vcap.gather(1, a)))

@@ -169,6 +169,16 @@ class DecodeState:
             self._top = self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
         return self._top
 
+    def allowed_c(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cand, ok)`` ``[B, C]``: the top symbols' candidate rules (padded with the pad rule) and
+        which of them :meth:`allowed` permits (``[B, R]`` is that scattered over the rules)."""
+        from .packs import base_columns, cached, merge_pack
+
+        g, dev = self.grammar, self.device
+        pack = cached(("base_cand", g.hash, str(dev)), lambda: merge_pack(dev, base_columns(g)))
+        T = pack.take(self.top())
+        return T.l("cand"), self.base_c(T)
+
     def base_c(self, taken: Any) -> torch.Tensor:
         """BoolTensor ``[B, C]``: :meth:`allowed` on the top symbols' candidate rules, from the packed
         columns ``taken`` (:mod:`discrete_rae.grammar.packs`, ``base_columns``) of :meth:`top`."""

@@ -26,18 +26,25 @@ FAR = 1 << 50
 
 
 class Taken:
-    """Attributes gathered for a batch: ``l(name)`` long, ``b(name)`` bool, each [B, C] (or [B])."""
+    """Attributes gathered for a batch: ``l(name)`` long, ``b(name)`` bool, each [B, C] (or [B, 1]).
+
+    The gathered tables are split into per-attribute views once (``unbind``: one op, instead of
+    one indexing op per read)."""
 
     __slots__ = ("_l", "_b", "_li", "_bi")
 
-    def __init__(self, longs: Tensor, bools: Tensor, li: dict[str, int], bi: dict[str, int]) -> None:
-        self._l, self._b, self._li, self._bi = longs, bools, li, bi
+    def __init__(self, longs: Tensor, bools: Tensor, li: dict[str, int], bi: dict[str, int], rows: bool) -> None:
+        if rows:  # one value per row: [B, 1] views, which broadcast against [B, C]
+            self._l, self._b = longs.split(1, 1), bools.split(1, 1)
+        else:
+            self._l, self._b = longs.unbind(1), bools.unbind(1)
+        self._li, self._bi = li, bi
 
     def l(self, name: str) -> Tensor:  # noqa: E743 (short accessor name on purpose: hot path)
-        return self._l[:, self._li[name]]
+        return self._l[self._li[name]]
 
     def b(self, name: str) -> Tensor:
-        return self._b[:, self._bi[name]]
+        return self._b[self._bi[name]]
 
 
 class Pack:
@@ -49,9 +56,10 @@ class Pack:
         self.longs = torch.stack([v.long() for v in longs.values()], 1).to(device)
         self.bools = torch.stack([v.bool() for v in bools.values()], 1).to(device)
 
-    def take(self, index: Tensor) -> Taken:
-        """Attributes of rows ``index`` (LongTensor [B]): views [B, ...] per name."""
-        return Taken(self.longs.index_select(0, index), self.bools.index_select(0, index), self.li, self.bi)
+    def take(self, index: Tensor, rows: bool = False) -> Taken:
+        """Attributes of rows ``index`` (LongTensor [B]): views [B, C] per name for a per-symbol
+        candidate table ``[N, F, C]``; [B, 1] with ``rows`` for a per-rule table ``[N, F]``."""
+        return Taken(self.longs.index_select(0, index), self.bools.index_select(0, index), self.li, self.bi, rows)
 
 
 def per_candidate(cand: Tensor, per_rule: Tensor) -> Tensor:

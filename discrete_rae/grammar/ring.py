@@ -171,11 +171,12 @@ class RingClosureState:
     """Wraps a :class:`~discrete_rae.grammar.DecodeState`; same interface (allowed / push /
     done / ids / ...), with the ring masks added to :meth:`allowed`.
 
-    State per row: ``open`` bit mask [B] over ``DIGITS``, ``here`` [B] (those opened at the
-    current atom), ``shut`` [B] (closed at the current atom), ``pending`` [B] (a ring rule pushed
-    a ``DIGIT`` whose expansion is a ring digit), and counts of the pending symbols: ``cap`` (can
-    still write a ring digit), ``ob`` (ring obligations, each writes >= 1 digit), ``ext`` (of those,
-    can write more than one), ``atoms`` (sure to write an atom).
+    State per row, each [B, 1] (so that it broadcasts against the candidates [B, C] without a
+    reshape): ``open`` bit mask over ``DIGITS``, ``here`` (those opened at the current atom),
+    ``shut`` (closed at the current atom), ``pending`` (a ring rule pushed a ``DIGIT`` whose
+    expansion is a ring digit), and counts of the pending symbols: ``cap`` (can still write a
+    ring digit), ``ob`` (ring obligations, each writes >= 1 digit), ``ext`` (of those, can write
+    more than one), ``atoms`` (sure to write an atom).
 
     Every step is a fixed number of batched ops on the candidate rules of the top symbols
     (``[B, C]``), with the rule attributes read from packed tables (:mod:`discrete_rae.grammar.packs`)
@@ -193,16 +194,15 @@ class RingClosureState:
         self._rules, self._nts = cached(("ring_rule",) + key, lambda: ring_rule_pack(tables, dev))
         self._pop = cached(("popcount", str(dev)), lambda: POPCOUNT.to(dev))
         B = state.batch_size
-        top = state.top()
-        nt = self._nts.take(top)
-        self.open = torch.zeros(B, dtype=torch.long, device=dev)
-        self.here = torch.zeros(B, dtype=torch.long, device=dev)
-        self.shut = torch.zeros(B, dtype=torch.long, device=dev)  # digits closed at the current atom
+        nt = self._nts.take(state.top(), rows=True)
+        self.open = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.here = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.shut = torch.zeros(B, 1, dtype=torch.long, device=dev)  # digits closed at the current atom
         self.cap = nt.l("nt_cap").clone()
         self.ob = nt.l("nt_ob").clone()
         self.ext = nt.l("nt_ext").clone()
         self.atoms = nt.l("nt_atom").clone()
-        self.pending = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.pending = torch.zeros(B, 1, dtype=torch.bool, device=dev)
         self._bits = 2 ** torch.arange(len(DIGITS), device=dev)  # [10]
 
     _ROW_TENSORS = ("open", "here", "shut", "ob", "ext", "atoms", "cap", "pending")
@@ -218,38 +218,40 @@ class RingClosureState:
 
     def ring_c(self, T: Any, base: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         """[B, C] the grammar (+ length) mask ``base`` AND the ring masks on the candidate rules,
-        from the step's columns ``T``. Fills ``ctx`` with what the chemistry masks reuse:
-        ``bit`` / ``closing`` / ``open_after`` / ``ob_after`` / ``no_later``, all [B, C]."""
+        from the step's columns ``T``. Fills ``ctx`` with what the chemistry masks reuse (all
+        [B, C]): ``bit`` (digit written, 0: none), ``closing``, ``open_after``, ``ob_after``,
+        ``later`` (some pending symbol other than the obligations can still write a digit),
+        ``diff`` (open rings minus obligations) and, with the length mask, ``after`` (the length
+        bound after the rule)."""
         st = self.state
-        pending = self.pending.unsqueeze(1)
-        bit = torch.where(pending, T.l("bit1"), T.l("bit0"))  # [B, C] digit written (0: none)
-        opened = self.open.unsqueeze(1)
+        opened = self.open
+        bit = torch.where(self.pending, T.l("bit1"), T.l("bit0"))
         closing = (opened & bit) != 0
         # a digit must be open and not opened at this atom, or the lowest digit neither open nor
         # closed at this atom (RDKit's reuse order; ``C23``: 2 closed, 3 opened)
-        taken = self.open | self.shut
-        fine = (self.open & ~self.here) | (~taken & (taken + 1))
-        digit_ok = (bit & fine.unsqueeze(1)) == bit
+        taken = opened | self.shut
+        fine = (opened & ~self.here) | (~taken & (taken + 1))
+        digit_ok = (bit & fine) == bit
         open_after = self._pop.index_select(0, (opened ^ bit).view(-1)).view(bit.shape)
-        pend_digit = (self.pending & (st.top() == self._digit_nt)).long()
-        cap_after = (self.cap - pend_digit).unsqueeze(1) + T.l("dcap")
-        ob_after = (self.ob - pend_digit).unsqueeze(1) + T.l("dob")
-        ext_after = self.ext.unsqueeze(1) + T.l("dext")
+        pend_digit = (self.pending & (st.top().unsqueeze(1) == self._digit_nt)).long()
+        cap_after = (self.cap - pend_digit) + T.l("dcap")
+        ob_after = (self.ob - pend_digit) + T.l("dob")
         # with no pending symbol but the obligations able to write a digit (no atom to come that
-        # could close a ring), every digit left must close an open ring: none may open ...
-        no_later = cap_after <= ob_after
-        opening = (bit != 0) & ~closing
-        # ... and exactly the open rings must get closed (fewer digits only if a list can grow)
-        closable = (open_after >= ob_after) & ((ext_after > 0) | (open_after <= ob_after)) & ~opening
-        ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (~no_later | closable)
+        # could close a ring: not ``later``), every digit left must close an open ring: none may
+        # open, and exactly the open rings must get closed (fewer digits only if a list can grow)
+        later = cap_after > ob_after
+        diff = open_after - ob_after
+        closable = ((diff == 0) | ((diff > 0) & (self.ext + T.l("dext") > 0))) & ((bit == 0) | closing)
+        ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (later | closable)
+        ctx.update(bit=bit, closing=closing, open_after=open_after, ob_after=ob_after, later=later, diff=diff)
         if st.length_mask:
             # each ring open beyond the digits already owed needs a digit no pending symbol owes
             # yet, which costs at least two more rules than the cheapest derivation (a ring list
             # grows by ringbond + tail; an atom gets ``atom RB`` + a digit instead of one rule):
             # room for them within max_length (the pad rule under ``Nothing`` always fits)
-            extra = 2 * (open_after - ob_after).clamp(min=0)
-            ok &= st.need.unsqueeze(1) + T.l("dmin") + extra <= st.max_length - st.t - 1
-        ctx.update(bit=bit, closing=closing, open_after=open_after, ob_after=ob_after, no_later=no_later)
+            after = st.need.unsqueeze(1) + T.l("dmin")
+            ok &= torch.add(after, diff.clamp(min=0), alpha=2) <= st.max_length - st.t - 1
+            ctx["after"] = after
         return ok
 
     def strict_c(self) -> tuple[Tensor, Tensor]:
@@ -281,29 +283,28 @@ class RingClosureState:
     # ------------------------------------------------------------------ push
 
     def digit_bits(self, R: Any) -> tuple[Tensor, Tensor]:
-        """``(bit, d)`` [B] for the chosen rules' packed attributes ``R``: the bit of the ring digit
-        each writes now (0: none) and its index (0 when none)."""
+        """``(bit, d)`` [B, 1] for the chosen rules' packed attributes ``R``: the bit of the ring
+        digit each writes now (0: none) and its index (0 when none)."""
         return torch.where(self.pending, R.l("bit1"), R.l("bit0")), torch.where(self.pending, R.l("d1"), R.l("d0"))
 
     def push(self, rule_ids: Tensor, check: bool = True) -> None:
         rule = rule_ids.to(device=self.open.device, dtype=torch.long).reshape(-1)
-        R = self._rules.take(rule)
+        R = self._rules.take(rule, rows=True)
         self.push_taken(rule, R, self.digit_bits(R)[0], check)
 
     def push_taken(self, rule: Tensor, R: Any, bit: Tensor, check: bool = True) -> None:
-        """:meth:`push` with the rules' packed attributes ``R`` and digit bits ``bit`` already read."""
+        """:meth:`push` with the rules' packed attributes ``R`` and digit bits ``bit`` ([B, 1]) read."""
         top = self.state.top()
-        N = self._nts.take(top)
-        pend_digit = (self.pending & (top == self._digit_nt)).long()
+        N = self._nts.take(top, rows=True)
+        pend_digit = (self.pending & (top.unsqueeze(1) == self._digit_nt)).long()
         self.ob = self.ob - N.l("nt_ob") - pend_digit + R.l("rhs_ob")
         self.cap = self.cap - N.l("nt_cap") - pend_digit + R.l("rhs_cap")
         self.ext = self.ext - N.l("nt_ext") + R.l("rhs_ext")
         self.atoms = self.atoms - N.l("nt_atom") + R.l("rhs_atom")
         new_atom = R.b("new_atom")
         # a new atom starts with no digits opened or closed at it
-        self.here = torch.where(new_atom, 0, self.here) | (bit & ~self.open)
-        self.shut = torch.where(new_atom, 0, self.shut) | (bit & self.open)
+        self.here = self.here.masked_fill(new_atom, 0) | (bit & ~self.open)
+        self.shut = self.shut.masked_fill(new_atom, 0) | (bit & self.open)
         self.open = self.open ^ bit
         self.pending = (self.pending & (bit == 0)) | R.b("arms")
         self.state.push(rule, check=check)
-
