@@ -54,10 +54,13 @@ def decode_states(
         raise ValueError(f"expected logits [B, L, R], got {tuple(logits.shape)}")
     B, L, R = logits.shape
     dev = logits.device
-    ids = torch.full((B, L), pad_index, dtype=torch.long, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    with torch.no_grad(), _cpu_single_thread(dev):
+    with torch.no_grad():  # the state and its cached tables are built as ordinary tensors
         state = new_state(B, dev)
+    # inference mode trims the dispatch cost of the hundreds of small ops per step; the outputs are
+    # cloned outside it, so callers get ordinary tensors
+    with torch.inference_mode(), _cpu_single_thread(dev):
+        ids = torch.full((B, L), pad_index, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
         flat = logits.detach().contiguous().view(-1)
         rows = torch.arange(B, device=dev)  # row of the output held by each state row
         candidates = hasattr(state, "allowed_c")
@@ -82,7 +85,7 @@ def decode_states(
                 rule = select(vals, state.allowed(), greedy, temperature, generator)
             state.push(rule, check=False)
         _write(ids, done, rows, state, torch.arange(rows.numel(), device=dev))
-    return ids, done
+    return ids.clone(), done.clone()
 
 
 def _write(ids: Tensor, done: Tensor, rows: Tensor, state: Any, which: Tensor) -> None:
