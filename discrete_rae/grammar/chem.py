@@ -73,11 +73,32 @@ def chem_columns(grammar: Any, tab: dict[str, Any]) -> tuple[dict[str, Tensor], 
     k1 = (tab["bond_k"] - 1).clamp(min=0)
     rule = {"k1": k1, "add_ok1": tab["add_o"] + k1 + FORBID * tab["forbidden"].long(), "add_o": tab["add_o"],
             "add_n": tab["add_n"], "new_cap": tab["new_cap"],
-            "sel": 1 + (tab["next_ring"] & tab["parent"]).long(), "kidx": tab["bond_k"].clamp(1, 3) - 1}
+            "sel": 1 + (tab["next_ring"] & tab["parent"]).long(), "kidx": tab["bond_k"].clamp(1, 3) - 1,
+            "pbits": _grid_bits(tab["permit"]), "el": tab["el"], "digit": tab["digit"]}
     flags = {"fixcap": tab["creates"] & ~tab["opens_bracket"], "next_ring": tab["next_ring"],
-             "bondk": tab["bond_k"] > 0}
+             "bondk": tab["bond_k"] > 0, "bracket": tab["bracket"]}
     return ({k: per_candidate(cand, v) for k, v in rule.items()},
             {k: per_candidate(cand, v) for k, v in flags.items()})
+
+
+def _grid_bits(cells: Tensor) -> Tensor:
+    """[...] bit masks of boolean (H count, charge) grids ``cells`` [..., GRID] (bit g: cell g)."""
+    return (cells.long() << torch.arange(GRID)).sum(-1)
+
+
+def bracket_bits(tab: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """Bracket-atom tables on (H count, charge) cell sets held as GRID-bit masks: ``fit`` [(E + 1) * S]
+    cells where element e's capacity is at least s (index ``e * S + s + 1``, levels s = -1 .. max + 1,
+    nested), ``fit0`` [E + 1, max + 1] the levels s >= 0 (the capacity of a cell set is the number
+    of them it meets, minus one), ``digit`` [5 * 10] cells a DIGIT rule d allows in context c
+    (index ``c * 10 + d``)."""
+    score = tab["score"].cpu()  # [E + 1, GRID], -1: forbidden
+    top = int(score.max())
+    levels = torch.arange(-1, top + 2)  # S = top + 3 levels
+    fit = _grid_bits(score.unsqueeze(1) >= levels.view(1, -1, 1))  # [E + 1, S]
+    return {"fit": fit.reshape(-1).to(device), "fit0": fit[:, 1:top + 2].contiguous().to(device),
+            "digit": _grid_bits(tab["dperm"].cpu()).reshape(-1).to(device),
+            "levels": torch.tensor(int(levels.numel())), "all": torch.tensor((1 << GRID) - 1)}
 
 
 def chem_rule_pack(ring: dict[str, Any], tab: dict[str, Any], device: torch.device) -> Pack:
@@ -85,7 +106,7 @@ def chem_rule_pack(ring: dict[str, Any], tab: dict[str, Any], device: torch.devi
     k1 = (tab["bond_k"] - 1).clamp(min=0)
     longs = {**_rule_columns(ring), "bond_k": tab["bond_k"], "add_ok1": tab["add_o"] + k1, "add_n": tab["add_n"],
              "add_nk1": tab["add_n"] + k1, "new_cap": tab["new_cap"], "bond_ctx": tab["bond_ctx"],
-             "dctx": tab["dctx"], "digit": tab["digit"], "el": tab["el"]}
+             "dctx": tab["dctx"], "digit": tab["digit"], "el": tab["el"], "pbits": _grid_bits(tab["permit"])}
     bools = {"arms": ring["arms"], "new_atom": ring["new_atom"], "parent": tab["parent"], "creates": tab["creates"],
              "opens_bracket": tab["opens_bracket"], "next_ring": tab["next_ring"], "bracket": tab["bracket"]}
     return Pack(longs, bools, device)
@@ -101,9 +122,10 @@ class ChemState:
 
     Per-sample tensors (B rows; A = max_length + 2 atom slots, the last one "no atom"):
     ``own`` [B, S] atom owning each stack entry (aligned with the grammar stack); ``used`` /
-    ``vcap`` / ``parent`` [B, A]; ``n_atoms`` [B]; bracket atom being written: ``cells`` [B, GRID]
-    (H count / charge cells still possible), ``br_el`` [B]; ``dctx`` [B]; ``bond_ring`` [B] (the
-    pending ``bond`` is a ring bond); ``pend_order`` / ``pend_explicit`` [B] (ring-bond symbol
+    ``vcap`` / ``parent`` [B, A]; ``n_atoms`` [B, 1]; bracket atom being written: ``cells`` [B, 1]
+    (bit mask of the H count / charge cells still possible), ``br_el`` [B, 1]; ``dctx`` [B, 1];
+    ``bond_ring`` [B, 1] (the pending ``bond`` is a ring bond); ``pend_order`` / ``pend_explicit``
+    [B, 1] (ring-bond symbol
     written before the digit); per ring digit ``ring_atom`` / ``ring_order`` / ``ring_explicit``
     [B, 10]; ``partner`` [B, A] atoms the current atom has closed rings to. ``fallback_rows``
     [B] marks rows that were once left no rule by the constraints (they fell back to the ring,
@@ -117,9 +139,11 @@ class ChemState:
         dev = base.device
         key = (g.hash, bool(tables["aromatic"]), str(dev))
         self.tab = cached(("chem_tab",) + key, lambda: _to(tables, dev))
-        self._cands = cached(("chem_cand",) + key, lambda: merge_pack(dev, base_columns(g), ring_columns(g, ring._tables),
-                                                                        chem_columns(g, tables)))
+        self._cands = cached(("chem_cand",) + key, lambda: merge_pack(
+            dev, base_columns(g), ring_columns(g, ring._tables), chem_columns(g, tables)))
         self._rules = cached(("chem_rule",) + key, lambda: chem_rule_pack(ring._tables, tables, dev))
+        self._grid = cached(("chem_grid",) + key, lambda: bracket_bits(tables, dev))
+        self._levels = int(self._grid["levels"])
         self._bracket_cols = self.tab["bracket"].nonzero().view(-1)
         bracket_nts = {g._nt_index[nt] for nt in BRACKET_NTS if nt in g._nt_index}
         self._bracket_nt = torch.tensor([a in bracket_nts for a in range(g.n_nonterminals)], dtype=torch.bool,
@@ -139,7 +163,7 @@ class ChemState:
         self.vcap[:, A - 1] = BIG
         self.parent = torch.full((B, A), -1, dtype=torch.long, device=dev)
         self.n_atoms = torch.zeros(B, 1, dtype=torch.long, device=dev)
-        self.cells = torch.ones(B, GRID, dtype=torch.bool, device=dev)
+        self.cells = torch.full((B, 1), int(self._grid["all"]), dtype=torch.long, device=dev)
         self.br_el = torch.full((B, 1), len(ELEMENTS), dtype=torch.long, device=dev)
         self.dctx = torch.zeros(B, 1, dtype=torch.long, device=dev)
         self.bond_ring = torch.zeros(B, 1, dtype=torch.bool, device=dev)
@@ -250,12 +274,11 @@ class ChemState:
                 ok &= self._room(T, ctx, is_open, eq)
         else:
             is_open = torch.zeros_like(self.ring_explicit)
-        # bracket interiors: only the rows writing one (a handful per step)
+        # bracket interiors (skipped when no row writes one)
         top = st.top()
         inside = self._bracket_nt.index_select(0, top) | ((top == ring._digit_nt) & (self.dctx.squeeze(1) != CTX_NONE))
-        rows = inside.nonzero().view(-1)
-        if rows.numel():
-            ok[rows] &= self._bracket_ok(rows, T.l("cand").index_select(0, rows), is_open.index_select(0, rows))
+        if bool(inside.any()):
+            ok &= self._bracket_ok(T, ctx, used[:, 2:3], is_open)
         return ok
 
     def _closable(self, T: Taken, ctx: dict[str, Tensor], d: Tensor, o: Tensor, last: Tensor, used: Tensor,
@@ -314,21 +337,32 @@ class ChemState:
         # the pad rule under ``Nothing`` always fits (its dmin is -FAR)
         return torch.add(ctx["after"], ctx["diff"].clamp(min=0) + more_atoms, alpha=2) <= st.max_length - st.t - 1
 
-    def _bracket_ring_need(self, rows: Tensor, is_open: Tensor) -> Tensor:
-        """[b] bond orders a bracket atom being written will need for closing every open ring
-        when no atom is to come (as seen from the first bracket rule), for ``rows`` [b]."""
-        cost = (torch.where(self.ring_explicit.index_select(0, rows), self.ring_order.index_select(0, rows), 1)
-                * is_open).sum(1)
-        if not self._bracket_cols.numel():
-            return torch.zeros_like(cost)
-        ring = self.ring
-        top = self.state.top().index_select(0, rows)
-        N = ring._nts.take(top)
-        pend_digit = (ring.pending.index_select(0, rows).squeeze(1) & (top == ring._digit_nt)).long()
-        r0_cap, r0_ob = self._r0()
-        cap_after = ring.cap.index_select(0, rows).squeeze(1) - N.l("nt_cap") - pend_digit + r0_cap
-        ob_after = ring.ob.index_select(0, rows).squeeze(1) - N.l("nt_ob") - pend_digit + r0_ob
-        return torch.where(cap_after <= ob_after, (cost - ob_after).clamp(min=0), 0)
+    def _bracket_ok(self, T: Taken, ctx: dict[str, Tensor], used_l: Tensor, is_open: Tensor) -> Tensor:
+        """[B, C] inside a bracket atom, a rule only if some H count / charge it leaves possible gives
+        the atom room for the bonds already committed to it (``used_l`` [B, 1]) plus the orders of
+        the ring closures it will have to make when no atom is to come (as seen from the first
+        bracket rule). Cell sets are GRID-bit masks (:func:`bracket_bits`); rows writing no bracket
+        interior get all True (their candidates are no bracket, element or H-count / charge rules)."""
+        grid = self._grid
+        cost = (torch.where(self.ring_explicit, self.ring_order, 1) * is_open).sum(1, keepdim=True)
+        if self._bracket_cols.numel():
+            r0_cap, r0_ob = self._r0()
+            cap_after = ctx["cap_left"] - T.l("nt_cap")[:, :1] + r0_cap
+            ob_after = ctx["ob_left"] - T.l("nt_ob")[:, :1] + r0_ob
+            ring_need = (cost - ob_after).clamp(min=0) * (cap_after <= ob_after)
+        else:
+            ring_need = torch.zeros_like(cost)
+        level = (used_l + ring_need + 1).clamp(0, self._levels - 1)  # [B, 1] index of the level "need"
+        fit = self.cells & grid["fit"].index_select(0, (self.br_el * self._levels + level).view(-1)).view(level.shape)
+        pbits = T.l("pbits")
+        ok = ~T.b("bracket") | ((fit & pbits) != 0)
+        el = T.l("el")
+        el_fit = grid["fit"].index_select(0, (el.clamp(min=0) * self._levels + level).view(-1)).view(el.shape)
+        ok &= (el < 0) | ((self.cells & el_fit & pbits) != 0)
+        digit = T.l("digit")
+        dcells = grid["digit"].index_select(0, (self.dctx * 10 + digit.clamp(min=0)).view(-1)).view(digit.shape)
+        ok &= (digit < 0) | (self.dctx == CTX_NONE) | ((fit & dcells) != 0)
+        return ok
 
     def _r0(self) -> tuple[int, int]:
         """Ring capability / obligations the first bracket rule pushes (right-hand side + armed DIGIT)."""
@@ -337,36 +371,6 @@ class ChemState:
             r0 = int(self._bracket_cols[0])
             self.__dict__["_r0_counts"] = (int(cols["rhs_cap"][r0]), int(cols["rhs_ob"][r0]))
         return self.__dict__["_r0_counts"]
-
-    def _bracket_ok(self, rows: Tensor, cand: Tensor, is_open: Tensor) -> Tensor:
-        """[b, C] for ``rows`` [b] (candidate rules ``cand`` [b, C]): inside a bracket atom, a rule
-        only if some H count / charge it leaves possible gives the atom room for the bonds already
-        committed to it (plus the orders of ring closures it will have to make)."""
-        tab = self.tab
-
-        def at(name: str) -> Tensor:
-            table = tab[name]
-            return table.index_select(0, cand.reshape(-1)).view(*cand.shape, *table.shape[1:])
-
-        a = (self.n_atoms.index_select(0, rows) - 1).clamp(min=0)  # [b, 1]
-        need = (self.used.index_select(0, rows).gather(1, a)
-                + self._bracket_ring_need(rows, is_open).unsqueeze(1))  # [b, 1]
-        score = tab["score"]
-        cells, dctx = self.cells.index_select(0, rows), self.dctx.index_select(0, rows).squeeze(1)
-        br_el = self.br_el.index_select(0, rows).squeeze(1)
-        fit = cells & (score.index_select(0, br_el) >= need)  # [b, GRID]
-        permit = at("permit")  # [b, C, GRID]
-        ok = ~at("bracket") | (fit.unsqueeze(1) & permit).any(2)
-        el = at("el")
-        el_score = score.index_select(0, el.clamp(min=0).reshape(-1)).view(*el.shape, -1)  # [b, C, GRID]
-        el_fit = (cells.unsqueeze(1) & (el_score >= need.unsqueeze(2)) & permit).any(2)
-        ok &= (el < 0) | el_fit
-        digit = at("digit")
-        dperm = tab["dperm"].index_select(0, dctx)  # [b, 10, GRID]
-        sel = dperm.gather(1, digit.clamp(min=0).unsqueeze(2).expand(-1, -1, GRID))  # [b, C, GRID]
-        in_ctx = (digit >= 0) & (dctx != CTX_NONE).unsqueeze(1)
-        ok &= ~in_ctx | (fit.unsqueeze(1) & sel).any(2)
-        return ok
 
     # ------------------------------------------------------------------ push
 
@@ -396,7 +400,7 @@ class ChemState:
         creates = R.b("creates")
         self.vcap.scatter_(1, n, torch.where(creates, R.l("new_cap"), self.vcap.gather(1, n)))
         opens = R.b("opens_bracket")
-        self.cells = self.cells | opens
+        self.cells = self.cells.masked_fill(opens, int(self._grid["all"]))
         self.br_el = self.br_el.masked_fill(opens, len(ELEMENTS))
         self.partner.masked_fill_(creates, False)
         self.n_atoms = n + creates
@@ -437,18 +441,17 @@ class ChemState:
     def _push_bracket(self, R: Taken, rule: Tensor) -> None:
         """Narrow the bracket atom's (H count, charge) cells and update its capacity (rows writing
         a bracket interior only; skipped when there are none)."""
-        tab = self.tab
         digit = R.l("digit")
         is_digit = digit >= 0
         in_br = R.b("bracket") | (is_digit & (self.dctx > 0))  # [B, 1]
         if not bool(in_br.any()):
             return
-        digit_cells = tab["dperm"][self.dctx.squeeze(1), digit.clamp(min=0).squeeze(1)]  # [B, GRID]
-        permit = torch.where(is_digit, digit_cells, tab["permit"].index_select(0, rule))
-        self.cells &= permit | ~in_br
+        grid = self._grid
+        digit_cells = grid["digit"].index_select(0, (self.dctx * 10 + digit.clamp(min=0)).view(-1)).view(digit.shape)
+        self.cells = torch.where(in_br, self.cells & torch.where(is_digit, digit_cells, R.l("pbits")), self.cells)
         el = R.l("el")
         self.br_el = torch.where(el >= 0, el, self.br_el)
+        # capacity: the largest capacity of a cell left (-1: none)
+        cap = ((grid["fit0"].index_select(0, self.br_el.view(-1)) & self.cells) != 0).sum(1, keepdim=True) - 1
         a = (self.n_atoms - 1).clamp(min=0)
-        score = tab["score"].index_select(0, self.br_el.squeeze(1))
-        cap = torch.where(self.cells, score, -1).amax(1, keepdim=True)
         self.vcap.scatter_(1, a, torch.where(in_br, cap, self.vcap.gather(1, a)))

@@ -135,6 +135,8 @@ def ring_columns(grammar: Any, tables: dict[str, Any]) -> tuple[dict[str, Tensor
     cols = {k: per_candidate(cand, v) for k, v in rule.items()}
     for k in ("cap", "ob", "ext", "atom"):
         cols["d" + k] = cols.pop("rhs_" + k) - nt["nt_" + k].unsqueeze(1)
+    for k in ("cap", "ob"):  # of the top symbol itself (read by the chemistry masks)
+        cols["nt_" + k] = nt["nt_" + k].unsqueeze(1).expand_as(cand)
     return cols, {}
 
 
@@ -221,7 +223,8 @@ class RingClosureState:
         from the step's columns ``T``. Fills ``ctx`` with what the chemistry masks reuse (all
         [B, C]): ``bit`` (digit written, 0: none), ``closing``, ``open_after``, ``ob_after``,
         ``later`` (some pending symbol other than the obligations can still write a digit),
-        ``diff`` (open rings minus obligations) and, with the length mask, ``after`` (the length
+        ``diff`` (open rings minus obligations), ``cap_left`` / ``ob_left`` ([B, 1]: counts of the
+        pending symbols but the top one) and, with the length mask, ``after`` (the length
         bound after the rule)."""
         st = self.state
         opened = self.open
@@ -234,8 +237,9 @@ class RingClosureState:
         digit_ok = (bit & fine) == bit
         open_after = self._pop.index_select(0, (opened ^ bit).view(-1)).view(bit.shape)
         pend_digit = (self.pending & (st.top().unsqueeze(1) == self._digit_nt)).long()
-        cap_after = (self.cap - pend_digit) + T.l("dcap")
-        ob_after = (self.ob - pend_digit) + T.l("dob")
+        cap_left, ob_left = self.cap - pend_digit, self.ob - pend_digit  # [B, 1] before the top symbol's rule
+        cap_after = cap_left + T.l("dcap")
+        ob_after = ob_left + T.l("dob")
         # with no pending symbol but the obligations able to write a digit (no atom to come that
         # could close a ring: not ``later``), every digit left must close an open ring: none may
         # open, and exactly the open rings must get closed (fewer digits only if a list can grow)
@@ -243,7 +247,8 @@ class RingClosureState:
         diff = open_after - ob_after
         closable = ((diff == 0) | ((diff > 0) & (self.ext + T.l("dext") > 0))) & ((bit == 0) | closing)
         ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (later | closable)
-        ctx.update(bit=bit, closing=closing, open_after=open_after, ob_after=ob_after, later=later, diff=diff)
+        ctx.update(bit=bit, closing=closing, open_after=open_after, ob_after=ob_after, later=later, diff=diff,
+                   cap_left=cap_left, ob_left=ob_left)
         if st.length_mask:
             # each ring open beyond the digits already owed needs a digit no pending symbol owes
             # yet, which costs at least two more rules than the cheapest derivation (a ring list
