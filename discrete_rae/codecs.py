@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .grammar import Grammar, select
+from .grammar.constrained import decode_states
 from .grammar.chem import ChemState, chem_tables_cached, uses_aromatic_atoms
 from .grammar.ring import RingClosureState, ring_tables
 
@@ -122,13 +122,8 @@ class GrammarCodec(SequenceCodec):
             # the fast batched decoder implements the paper's protocol (grammar mask, cut-off) only
             result = self.grammar.decode_logits(logits, greedy, temperature, generator)
             return result.ids, result.finished
-        state = self.new_state(logits.shape[0], logits.device)
-        for t in range(min(logits.shape[1], self.max_length)):
-            state.push(select(logits[:, t].float(), state.allowed(), greedy, temperature, generator))
-            if state.complete:
-                break
-        ids = F.pad(state.ids, (0, logits.shape[1] - state.ids.shape[1]), value=self.pad_index)
-        return ids, state.done
+        # rows dropped as they finish, candidates of the top symbol only (grammar.constrained)
+        return decode_states(self.new_state, logits, self.max_length, self.pad_index, greedy, temperature, generator)
 
     def to_text(self, ids: Tensor, finished: Tensor) -> list[str | None]:
         ids_np, fin = ids.cpu().numpy(), finished.cpu().numpy()

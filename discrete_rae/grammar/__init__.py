@@ -49,8 +49,10 @@ Modules: :mod:`.core` (the Grammar class), :mod:`.lr` (LALR/GLR tables and parse
 :mod:`.parse` (parse_many and its workers), :mod:`.decode` (DecodeState, select,
 decode_logits), :mod:`.derive` (random derivations), :mod:`.compact` (compact form),
 :mod:`.builtin` (packaged grammars), and the SMILES decoding constraints :mod:`.ring`
-(ring-closure digits), :mod:`.chem` (valence and bonds) and :mod:`.chem_reference`
-(their one-sample reference implementation, the test oracle).
+(ring-closure digits), :mod:`.chem` (valence and bonds; rule tables in :mod:`.chem_rules`) and
+:mod:`.chem_reference` (their one-sample reference implementation, the test oracle), with
+:mod:`.packs` (their per-rule tables packed per top symbol) and :mod:`.constrained` (decoding a
+logits tensor through a constrained state, finished rows dropped).
 """
 
 from __future__ import annotations

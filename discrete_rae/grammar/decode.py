@@ -131,6 +131,7 @@ class DecodeState:
         # length mask: `need` = fewest rules that finish every pending non-terminal
         self._nt_min, self._rhs_min = t["nt_min"], t["rhs_min"]
         self.need = torch.full((B,), int(self._nt_min[grammar._start_nt]), dtype=torch.long, device=device)
+        self._top: torch.Tensor | None = None  # top() of the current step (reset by push / reorder)
 
     @property
     def done(self) -> torch.Tensor:
@@ -164,7 +165,26 @@ class DecodeState:
 
     def top(self) -> torch.Tensor:
         """LongTensor ``[B]``: non-terminal on top of each stack (``Nothing`` when done or cut)."""
-        return self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
+        if self._top is None:  # read by several masks per step: gathered once
+            self._top = self.stack.gather(1, self.ptr.unsqueeze(1)).squeeze(1).long()
+        return self._top
+
+    def allowed_c(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cand, ok)`` ``[B, C]``: the top symbols' candidate rules (padded with the pad rule) and
+        which of them :meth:`allowed` permits (``[B, R]`` is that scattered over the rules)."""
+        from .packs import base_columns, cached, merge_pack
+
+        g, dev = self.grammar, self.device
+        pack = cached(("base_cand", g.hash, str(dev)), lambda: merge_pack(dev, base_columns(g)))
+        T = pack.take(self.top())
+        return T.l("cand"), self.base_c(T)
+
+    def base_c(self, taken: Any) -> torch.Tensor:
+        """BoolTensor ``[B, C]``: :meth:`allowed` on the top symbols' candidate rules, from the packed
+        columns ``taken`` (:mod:`discrete_rae.grammar.packs`, ``base_columns``) of :meth:`top`."""
+        if not self.length_mask:
+            return taken.b("valid")
+        return self.need.unsqueeze(1) + taken.l("dmin") <= self.max_length - self.t - 1
 
     def allowed(self) -> torch.Tensor:
         """BoolTensor ``[B, R]``: rules allowed at this step (only the pad rule when done or cut).
@@ -194,6 +214,7 @@ class DecodeState:
         self._ids = self._ids.index_select(0, index)
         self.need = self.need.index_select(0, index)
         self.batch_size = int(index.numel())
+        self._top = None
 
     def push(self, rule_ids: torch.Tensor, check: bool = True) -> None:
         """Apply one rule per sample: pop the top non-terminal, push the rule's RHS non-terminals.
@@ -226,6 +247,7 @@ class DecodeState:
         newly_cut = ptr > (self.max_length - self.t)
         self.cut |= newly_cut
         self.ptr = ptr.masked_fill_(newly_cut, 0)
+        self._top = None
 
 
 

@@ -31,6 +31,8 @@ import torch
 from nltk.grammar import Nonterminal
 from torch import Tensor
 
+from .packs import Pack, base_columns, cached, merge_pack, per_candidate
+
 RING_SYMBOLS = ("ringbond", "RB", "RB_tail")
 DIGITS = "1234567890"  # the order in which RDKit's canonical SMILES reuses ring labels
 # terminals that begin a new atom (inside brackets the symbol repeats the reset harmlessly)
@@ -122,144 +124,192 @@ def ring_tables(grammar: Any) -> dict[str, Any] | None:
             "digit_nt": grammar._nt_index.get("DIGIT", -1)}
 
 
+def ring_columns(grammar: Any, tables: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per-candidate columns ``[n_nt, C]`` of the ring masks (see :mod:`discrete_rae.grammar.packs`):
+    the bit ``1 << digit`` each rule writes when no ring ``DIGIT`` is pending (``bit0``) and when one
+    is (``bit1``; 0: none), the digit's index (``d0`` / ``d1``, 0 when none), and the changes of
+    the pending-symbol counts once the rule replaces the top symbol (``dcap``, ``dob``, ``dext``,
+    ``datom``: right-hand side plus the armed ``DIGIT``, minus the top symbol)."""
+    cand = grammar._decode_tensors(torch.device("cpu"))["cand"]
+    rule, nt = _rule_columns(tables), _nt_columns(tables)
+    cols = {k: per_candidate(cand, v) for k, v in rule.items()}
+    for k in ("cap", "ob", "ext", "atom"):
+        cols["d" + k] = cols.pop("rhs_" + k) - nt["nt_" + k].unsqueeze(1)
+    for k in ("cap", "ob"):  # of the top symbol itself (read by the chemistry masks)
+        cols["nt_" + k] = nt["nt_" + k].unsqueeze(1).expand_as(cand)
+    return cols, {}
+
+
+def _rule_columns(tables: dict[str, Any]) -> dict[str, Tensor]:
+    """[R] per-rule columns: digit bits / indices (see :func:`ring_columns`), right-hand-side counts."""
+    direct, via = tables["direct"], tables["via_digit"]
+    pend = torch.where(direct >= 0, direct, via)
+    arms = tables["arms"].long()
+    return {"bit0": torch.where(direct >= 0, 1 << direct.clamp(min=0), 0),
+            "bit1": torch.where(pend >= 0, 1 << pend.clamp(min=0), 0),
+            "d0": direct.clamp(min=0), "d1": pend.clamp(min=0),
+            "rhs_cap": tables["rhs_ring"] + arms, "rhs_ob": tables["rhs_ob"] + arms,
+            "rhs_ext": tables["rhs_ext"], "rhs_atom": tables["rhs_atom"]}
+
+
+def _nt_columns(tables: dict[str, Any]) -> dict[str, Tensor]:
+    """[n_nt] per-symbol counts (capability, obligations, extensible obligations, atoms)."""
+    return {"nt_cap": tables["nt_ring"], "nt_ob": tables["nt_ob"], "nt_ext": tables["nt_ext"],
+            "nt_atom": tables["nt_atom"]}
+
+
+def ring_rule_pack(tables: dict[str, Any], device: torch.device) -> tuple[Pack, Pack]:
+    """Per-rule ``[R, F]`` and per-symbol ``[n_nt, F]`` packs read by :meth:`RingClosureState.push`."""
+    rule = _rule_columns(tables)
+    return (Pack(rule, {"arms": tables["arms"], "new_atom": tables["new_atom"]}, device),
+            Pack(_nt_columns(tables), {"_": torch.zeros_like(tables["nt_ob"], dtype=torch.bool)}, device))
+
+
+#: number of set bits of every 10-bit ring-digit set
+POPCOUNT = torch.tensor([bin(i).count("1") for i in range(1 << len(DIGITS))], dtype=torch.long)
+
+
 class RingClosureState:
     """Wraps a :class:`~discrete_rae.grammar.DecodeState`; same interface (allowed / push /
     done / ids / ...), with the ring masks added to :meth:`allowed`.
 
-    State per row: ``open`` bit mask [B] over ``DIGITS``, ``here`` [B] (those opened at the
-    current atom), ``pending`` [B] (a ring rule pushed a ``DIGIT`` whose expansion is a ring digit).
+    State per row, each [B, 1] (so that it broadcasts against the candidates [B, C] without a
+    reshape): ``open`` bit mask over ``DIGITS``, ``here`` (those opened at the current atom),
+    ``shut`` (closed at the current atom), ``pending`` (a ring rule pushed a ``DIGIT`` whose
+    expansion is a ring digit), and counts of the pending symbols: ``cap`` (can still write a
+    ring digit), ``ob`` (ring obligations, each writes >= 1 digit), ``ext`` (of those, can write
+    more than one), ``atoms`` (sure to write an atom).
+
+    Every step is a fixed number of batched ops on the candidate rules of the top symbols
+    (``[B, C]``), with the rule attributes read from packed tables (:mod:`discrete_rae.grammar.packs`)
+    and digit sets held as bit masks (the lowest free digit is ``~x & (x + 1)``).
     """
 
     def __init__(self, state: Any, tables: dict[str, Any]) -> None:
         self.state = state
         dev = state.device
-        self._direct = tables["direct"].to(dev)
-        self._via = tables["via_digit"].to(dev)
-        self._arms = tables["arms"].to(dev)
-        self._new_atom = tables["new_atom"].to(dev)
-        self._nt_ring, self._rhs_ring = tables["nt_ring"].to(dev), tables["rhs_ring"].to(dev)
-        self._nt_ob, self._rhs_ob = tables["nt_ob"].to(dev), tables["rhs_ob"].to(dev)
-        self._nt_ext, self._rhs_ext = tables["nt_ext"].to(dev), tables["rhs_ext"].to(dev)
-        self._nt_atom, self._rhs_atom = tables["nt_atom"].to(dev), tables["rhs_atom"].to(dev)
+        g = state.grammar
+        self._tables = tables
         self._digit_nt = int(tables["digit_nt"])
-        self._rhs_len = state._rhs_len
+        key = (g.hash, str(dev))
+        self._cands = cached(("ring_cand",) + key, lambda: merge_pack(dev, base_columns(g), ring_columns(g, tables)))
+        self._rules, self._nts = cached(("ring_rule",) + key, lambda: ring_rule_pack(tables, dev))
+        self._pop = cached(("popcount", str(dev)), lambda: POPCOUNT.to(dev))
         B = state.batch_size
-        self.open = torch.zeros(B, dtype=torch.long, device=dev)
-        self.here = torch.zeros(B, dtype=torch.long, device=dev)
-        self.shut = torch.zeros(B, dtype=torch.long, device=dev)  # digits closed at the current atom
-        # pending symbols (stack entries, plus a pending ring DIGIT) that can still write a ring digit
-        self.cap = self._nt_ring[state.top()].clone()
-        # pending obligations: ring symbols (and a pending ring DIGIT), each writes >= 1 ring digit
-        self.ob = self._nt_ob[state.top()].clone()
-        self.ext = self._nt_ext[state.top()].clone()  # of which can write more than one digit
-        self.atoms = self._nt_atom[state.top()].clone()  # pending symbols sure to write an atom
-        self.pending = torch.zeros(B, dtype=torch.bool, device=dev)
+        nt = self._nts.take(state.top(), rows=True)
+        self.open = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.here = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.shut = torch.zeros(B, 1, dtype=torch.long, device=dev)  # digits closed at the current atom
+        self.cap = nt.l("nt_cap").clone()
+        self.ob = nt.l("nt_ob").clone()
+        self.ext = nt.l("nt_ext").clone()
+        self.atoms = nt.l("nt_atom").clone()
+        self.pending = torch.zeros(B, 1, dtype=torch.bool, device=dev)
         self._bits = 2 ** torch.arange(len(DIGITS), device=dev)  # [10]
+
+    _ROW_TENSORS = ("open", "here", "shut", "ob", "ext", "atoms", "cap", "pending")
 
     def __getattr__(self, name: str) -> Any:  # done, ids, complete, lengths, ... of the wrapped state
         return getattr(self.state, name)
 
-    def _digits(self) -> Tensor:
-        """[B, R] ring digit each rule would write now (-1: none)."""
-        via = torch.where(self.pending.unsqueeze(1), self._via.unsqueeze(0), torch.full_like(self._via, -1))
-        return torch.where(self._direct >= 0, self._direct.unsqueeze(0), via)
+    # ------------------------------------------------------------------ masks
 
-    def digit_of(self, rules: Tensor) -> Tensor:
-        """Ring digit (-1: none) each of ``rules`` ([B, C] rule ids) would write now."""
-        via = torch.where(self.pending.unsqueeze(1), _take(self._via, rules), torch.full_like(rules, -1))
-        direct = _take(self._direct, rules)
-        return torch.where(direct >= 0, direct, via)
+    def take(self, pack: Pack | None = None) -> Any:
+        """The step's candidate columns (of ``pack``, default the ring's own) at the top symbols."""
+        return (pack or self._cands).take(self.state.top())
 
-    def candidates(self) -> tuple[Tensor, Tensor]:
-        """``(cand, valid)`` [B, C]: the rules of each row's top symbol (padded with the pad rule).
-        The masks are computed for these only (C is a tenth of the rule count)."""
-        tens = self.state.grammar._decode_tensors(self.open.device)
-        top = self.state.top()
-        return tens["cand"].index_select(0, top), tens["cand_valid"].index_select(0, top)
-
-    def allowed(self) -> Tensor:
-        base, ok = self.masks()
-        return torch.where(ok.any(1, keepdim=True), ok, base)  # never leave a row without a rule
-
-    def masks(self) -> tuple[Tensor, Tensor]:
-        """``(base, ok)``, both [B, R]: the grammar (+ length) mask, and it with the ring masks
-        (which may leave a row no rule; :meth:`allowed` then falls back to ``base``). The ring
-        masks are computed on the top symbol's candidate rules (kept in ``self.cand``,
-        ``self.ok_c`` and the ``*_after`` tensors, all [B, C], for the chemistry constraint)."""
-        base = self.state.allowed()  # [B, R] grammar (+ length) mask
-        cand, valid = self.candidates()
-        self.cand = cand
-        digit = self.digit_of(cand)  # [B, C]
-        has = digit >= 0
-        bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
-        is_open = (self.open.unsqueeze(1) & bit) != 0
-        # RDKit does not reuse a digit at the atom that just closed it (``C23``: 2 closed, 3 opened)
-        free = ((self.open | self.shut).unsqueeze(1) & self._bits.unsqueeze(0)) == 0  # [B, 10]
-        lowest_free = torch.where(free.any(1), free.long().argmax(1), torch.full_like(self.open, -1))
-        opened_here = (self.here.unsqueeze(1) & bit) != 0
-        digit_ok = ~has | (is_open & ~opened_here) | (digit == lowest_free.unsqueeze(1))
-        n_open = ((self.open.unsqueeze(1) & self._bits.unsqueeze(0)) != 0).sum(1, keepdim=True)
-        open_after = n_open + has.long() * (1 - 2 * is_open.long())
-        top = self.state.top()
-        arms = _take(self._arms, cand).long()
-        cap_after = self._cap_left(top).unsqueeze(1) + _take(self._rhs_ring, cand) + arms
-        ob_after = self._ob_left(top).unsqueeze(1) + _take(self._rhs_ob, cand) + arms
-        ext_after = (self.ext - self._nt_ext[top]).unsqueeze(1) + _take(self._rhs_ext, cand)
-        # with no pending symbol but the obligations able to write a digit (no atom to come that
-        # could close a ring), every digit left must close an open ring: none may open ...
-        no_later = cap_after <= ob_after
-        opening = has & ~is_open
-        # ... and exactly the open rings must get closed (fewer digits only if a list can grow)
-        closable = (open_after >= ob_after) & ((ext_after > 0) | (open_after <= ob_after)) & ~opening
-        ok = valid & base.gather(1, cand) & digit_ok & ((open_after == 0) | (cap_after > 0)) & (~no_later | closable)
+    def ring_c(self, T: Any, base: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        """[B, C] the grammar (+ length) mask ``base`` AND the ring masks on the candidate rules,
+        from the step's columns ``T``. Fills ``ctx`` with what the chemistry masks reuse (all
+        [B, C]): ``bit`` (digit written, 0: none), ``closing``, ``open_after``, ``ob_after``,
+        ``later`` (some pending symbol other than the obligations can still write a digit),
+        ``diff`` (open rings minus obligations), ``cap_left`` / ``ob_left`` ([B, 1]: counts of the
+        pending symbols but the top one) and, with the length mask, ``after`` (the length
+        bound after the rule)."""
         st = self.state
+        opened = self.open
+        bit = torch.where(self.pending, T.l("bit1"), T.l("bit0"))
+        closing = (opened & bit) != 0
+        # a digit must be open and not opened at this atom, or the lowest digit neither open nor
+        # closed at this atom (RDKit's reuse order; ``C23``: 2 closed, 3 opened)
+        taken = opened | self.shut
+        fine = (opened & ~self.here) | (~taken & (taken + 1))
+        digit_ok = (bit & fine) == bit
+        open_after = self._pop.index_select(0, (opened ^ bit).view(-1)).view(bit.shape)
+        pend_digit = (self.pending & (st.top().unsqueeze(1) == self._digit_nt)).long()
+        cap_left, ob_left = self.cap - pend_digit, self.ob - pend_digit  # [B, 1] before the top symbol's rule
+        cap_after = cap_left + T.l("dcap")
+        ob_after = ob_left + T.l("dob")
+        # with no pending symbol but the obligations able to write a digit (no atom to come that
+        # could close a ring: not ``later``), every digit left must close an open ring: none may
+        # open, and exactly the open rings must get closed (fewer digits only if a list can grow)
+        later = cap_after > ob_after
+        diff = open_after - ob_after
+        closable = ((diff == 0) | ((diff > 0) & (self.ext + T.l("dext") > 0))) & ((bit == 0) | closing)
+        ok = base & digit_ok & ((open_after == 0) | (cap_after > 0)) & (later | closable)
+        ctx.update(bit=bit, closing=closing, open_after=open_after, ob_after=ob_after, later=later, diff=diff,
+                   cap_left=cap_left, ob_left=ob_left)
         if st.length_mask:
             # each ring open beyond the digits already owed needs a digit no pending symbol owes
             # yet, which costs at least two more rules than the cheapest derivation (a ring list
             # grows by ringbond + tail; an atom gets ``atom RB`` + a digit instead of one rule):
-            # room for them within max_length
-            extra = 2 * (open_after - ob_after).clamp(min=0)
-            after = (st.need - st._nt_min.index_select(0, top)).unsqueeze(1) + _take(st._rhs_min, cand)
-            ok &= (after + extra <= st.max_length - st.t - 1) | (top == st.grammar._nothing_nt).unsqueeze(1)
-        # kept for the chemistry constraint, which refines "closable" by the atoms involved
-        self.ok_c, self.digit_c, self.no_later, self.ob_after = ok, digit, no_later, ob_after
-        self.atoms_after = (self.atoms - self._nt_atom[top]).unsqueeze(1) + _take(self._rhs_atom, cand)
-        self.open_after = open_after
-        return base, scatter_rules(ok, cand, base.shape[1])
+            # room for them within max_length (the pad rule under ``Nothing`` always fits)
+            after = st.need.unsqueeze(1) + T.l("dmin")
+            ok &= torch.add(after, diff.clamp(min=0), alpha=2) <= st.max_length - st.t - 1
+            ctx["after"] = after
+        return ok
 
-    def _ob_left(self, top: Tensor) -> Tensor:
-        """[B] obligations left once the top symbol is expanded."""
-        return self.ob - self._nt_ob[top] - (self.pending & (top == self._digit_nt)).long()
+    def strict_c(self) -> tuple[Tensor, Tensor]:
+        """``(cand, ok)`` [B, C]: the top symbols' candidate rules and what the grammar (+ length)
+        and ring masks allow among them, without the fallback of :meth:`allowed_c`."""
+        T = self.take()
+        return T.l("cand"), self.ring_c(T, self.state.base_c(T), {})
+
+    def allowed_c(self) -> tuple[Tensor, Tensor]:
+        """``(cand, ok)`` [B, C]: :meth:`allowed` on the candidate rules (a row the ring masks leave
+        no rule falls back to the grammar (+ length) mask)."""
+        T = self.take()
+        base = self.state.base_c(T)
+        ok = self.ring_c(T, base, {})
+        return T.l("cand"), torch.where(ok.any(1, keepdim=True), ok, base)
+
+    def allowed(self) -> Tensor:
+        """BoolTensor [B, R]: grammar (+ length) mask AND ring masks (never leaves a row no rule)."""
+        cand, ok = self.allowed_c()
+        return scatter_rules(ok, cand, self.state.grammar.n_rules)
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows ``index`` (LongTensor [B']) of every per-sample tensor, in that order (beam search)."""
         index = index.to(self.open.device)
-        self.open, self.here = self.open.index_select(0, index), self.here.index_select(0, index)
-        self.shut, self.ob = self.shut.index_select(0, index), self.ob.index_select(0, index)
-        self.ext, self.atoms = self.ext.index_select(0, index), self.atoms.index_select(0, index)
-        self.cap, self.pending = self.cap.index_select(0, index), self.pending.index_select(0, index)
+        for name in self._ROW_TENSORS:
+            setattr(self, name, getattr(self, name).index_select(0, index))
         self.state.reorder(index)
 
-    def _cap_left(self, top: Tensor) -> Tensor:
-        """[B] capability left once the top symbol is expanded (it, or the pending DIGIT, is used up)."""
-        used = self._nt_ring[top] + (self.pending & (top == self._digit_nt)).long()
-        return self.cap - used
+    # ------------------------------------------------------------------ push
+
+    def digit_bits(self, R: Any) -> tuple[Tensor, Tensor]:
+        """``(bit, d)`` [B, 1] for the chosen rules' packed attributes ``R``: the bit of the ring
+        digit each writes now (0: none) and its index (0 when none)."""
+        return torch.where(self.pending, R.l("bit1"), R.l("bit0")), torch.where(self.pending, R.l("d1"), R.l("d0"))
 
     def push(self, rule_ids: Tensor, check: bool = True) -> None:
         rule = rule_ids.to(device=self.open.device, dtype=torch.long).reshape(-1)
+        R = self._rules.take(rule, rows=True)
+        self.push_taken(rule, R, self.digit_bits(R)[0], check)
+
+    def push_taken(self, rule: Tensor, R: Any, bit: Tensor, check: bool = True) -> None:
+        """:meth:`push` with the rules' packed attributes ``R`` and digit bits ``bit`` ([B, 1]) read."""
         top = self.state.top()
-        self.ob = self._ob_left(top) + self._rhs_ob[rule] + self._arms[rule].long()
-        self.ext = self.ext - self._nt_ext[top] + self._rhs_ext[rule]
-        self.atoms = self.atoms - self._nt_atom[top] + self._rhs_atom[rule]
-        self.cap = self._cap_left(top) + self._rhs_ring[rule] + self._arms[rule].long()
-        digit = self.digit_of(rule.unsqueeze(1)).squeeze(1)
-        has = digit >= 0
-        bit = torch.where(has, self._bits[digit.clamp(min=0)], torch.zeros_like(digit))
-        opening = has & ((self.open & bit) == 0)
-        self.here = torch.where(self._new_atom[rule], torch.zeros_like(self.here), self.here)
-        self.shut = torch.where(self._new_atom[rule], torch.zeros_like(self.shut), self.shut)
-        self.here |= torch.where(opening, bit, torch.zeros_like(bit))
-        self.shut |= torch.where(has & ~opening, bit, torch.zeros_like(bit))
-        self.open ^= bit
-        self.pending = (self.pending & ~has) | self._arms[rule]
+        N = self._nts.take(top, rows=True)
+        pend_digit = (self.pending & (top.unsqueeze(1) == self._digit_nt)).long()
+        self.ob = self.ob - N.l("nt_ob") - pend_digit + R.l("rhs_ob")
+        self.cap = self.cap - N.l("nt_cap") - pend_digit + R.l("rhs_cap")
+        self.ext = self.ext - N.l("nt_ext") + R.l("rhs_ext")
+        self.atoms = self.atoms - N.l("nt_atom") + R.l("rhs_atom")
+        new_atom = R.b("new_atom")
+        # a new atom starts with no digits opened or closed at it
+        self.here = self.here.masked_fill(new_atom, 0) | (bit & ~self.open)
+        self.shut = self.shut.masked_fill(new_atom, 0) | (bit & self.open)
+        self.open = self.open ^ bit
+        self.pending = (self.pending & (bit == 0)) | R.b("arms")
         self.state.push(rule, check=check)

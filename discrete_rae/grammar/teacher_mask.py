@@ -53,12 +53,8 @@ def _slot_of_rule(g: Any, device: torch.device) -> Tensor:
 def _strict_slots(state: Any, cand: Tensor, valid: Tensor) -> Tensor:
     """[B, C] what the decode ``state`` allows now among ``cand`` (the top symbol's rules), WITHOUT
     the fallbacks of ``allowed()`` (which would hide a constraint that forbids everything)."""
-    if isinstance(state, ChemState):  # grammar + length + ring + chemistry
-        state.ring.masks()
-        return state.ring.ok_c & state._chem_c()
-    if isinstance(state, RingClosureState):  # grammar + length + ring
-        state.masks()
-        return state.ok_c
+    if isinstance(state, (ChemState, RingClosureState)):  # grammar + length + ring (+ chemistry)
+        return state.strict_c()[1]
     return state.allowed().gather(1, cand) & valid  # DecodeState: grammar (+ length)
 
 
