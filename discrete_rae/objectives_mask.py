@@ -108,8 +108,9 @@ class LatentMask(nn.Module):
 
 
 class MaskedDecoder(nn.Module):
-    """The model's decoder reading alpha * z: forward, generate, and the stepping API of beam
-    search (``_h0``, ``step``) mask their code argument; other attributes are the inner decoder's.
+    """The model's decoder reading alpha * z: forward and, where the inner decoder has them,
+    generate and the stepping API of beam search (``_h0``, ``step``) mask their code argument;
+    other attributes are the inner decoder's.
 
     The mask is held as a plain reference (not a submodule): it is the objective's parameter,
     trained by the mask optimizer only, and stays out of the decoder's parameter groups.
@@ -120,23 +121,21 @@ class MaskedDecoder(nn.Module):
         self.inner = inner
         self.__dict__["_mask"] = mask  # not registered: see the class docstring
 
+    #: methods of sequence decoders whose first argument is the code (generation, beam search)
+    CODE_METHODS = ("generate", "_h0", "step")
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_modules"]["inner"], name)
+            inner = self.__dict__["_modules"]["inner"]
+            attr = getattr(inner, name)  # AttributeError when the inner decoder lacks it too
+            if name in self.CODE_METHODS:
+                return lambda z, *args, **kwargs: attr(self._mask(z), *args, **kwargs)
+            return attr
 
     def forward(self, z: Tensor, x: Tensor | None) -> Tensor:
         return self.inner(self._mask(z), x)
-
-    def generate(self, z: Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.generate(self._mask(z), *args, **kwargs)
-
-    def _h0(self, z: Tensor) -> Any:
-        return self.inner._h0(self._mask(z))
-
-    def step(self, z: Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.step(self._mask(z), *args, **kwargs)
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, weight: float) -> Tensor:

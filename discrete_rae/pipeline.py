@@ -255,7 +255,7 @@ def evaluate_loaded(loaded: LoadedRun, prepared: Any, device: torch.device, samp
         codes = domain.encode(loaded.model, prepared.test, device)
         metrics.update(adversarial_metrics(loaded.model, codes, seed=loaded.run.train.seed))
     if is_masked(loaded.model):  # MaskAAE: active dimensions, the mask, mask_trace.png
-        history = (loaded.ckpt.get("trainer") or {}).get("history", [])
+        history = (loaded.checkpoint.get("trainer") or {}).get("history", [])
         metrics.update(mask_report(loaded.model, history, loaded.run_dir))
     return {"model": loaded.run.model_name, "domain": loaded.run.domain,
             "dataset": loaded.run.data.dataset, **metrics}
