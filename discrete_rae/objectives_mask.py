@@ -31,7 +31,9 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    a dimension the mask switches off must not carry variance (information) the decoder cannot
    see; weight ``mask_var_weight`` (100).
 2. ``critic`` (Adam, lr ``critic_lr`` 1e-4, betas (0.5, 0.9) as in WGAN-GP; ``critic_steps``
-   = 5 repeats per batch): the WGAN-GP loss (Gulrajani et al. 2017) on masked codes q = alpha z
+   = 5 repeats per batch, on the batch's codes computed once (the paper's code draws a new batch
+   per critic step; here every phase sees the trainer's batch) and fresh prior draws each
+   repeat): the WGAN-GP loss (Gulrajani et al. 2017) on masked codes q = alpha z
    and masked draws p = alpha p0 (no gradient to encoder or mask):
    L_C = mean C(q) - mean C(p) + lambda_gp mean_i (||grad C(xhat_i)|| - 1)^2,
    xhat = p + u (q - p), u ~ U(0, 1) per example, lambda_gp = ``critic_gp`` (10).
@@ -192,6 +194,16 @@ class MaskAAE(Penalized):
         """The unmasked codes z [B, D] (a posterior sample for Gaussian latents)."""
         return model.latent(model.encoder(x)).z.float()
 
+    def _batch_codes(self, model: Any, x: Tensor, step: int) -> Tensor:
+        """The batch's codes for the critic's repeats: the encoder does not move during them, so
+        they are computed once per (batch, step) and kept only until the next batch."""
+        key = (x.data_ptr(), tuple(x.shape), step)
+        cached = self.__dict__.get("_codes")
+        if cached is None or cached[0] != key:
+            cached = (key, self.raw_codes(model, x))
+            self.__dict__["_codes"] = cached  # a plain attribute: never part of the state_dict
+        return cached[1]
+
     def masked_prior(self, model: Any, n: int, alpha: Tensor) -> Tensor:
         """alpha * p, p ~ the model's prior [n, D]."""
         return model.prior.sample(n).to(device=alpha.device, dtype=torch.float32) * alpha
@@ -215,7 +227,7 @@ class MaskAAE(Penalized):
         """Phase "critic": WGAN-GP on alpha * codes vs alpha * prior draws (encoder, mask fixed)."""
         with torch.no_grad():
             alpha = self.alpha()
-            q = self.raw_codes(model, x) * alpha
+            q = self._batch_codes(model, x, step) * alpha
         p = self.masked_prior(model, len(q), alpha)
         w = self.wasserstein(q, p)
         gp = gradient_penalty(self.critic, p, q, self.gp_weight)
@@ -275,7 +287,10 @@ def mask_trace(history: list[dict]) -> tuple[list[int], list[list[float]]]:
 
 
 def save_mask_trace(steps: list[int], alphas: list[list[float]], final: list[float], path: Path) -> None:
-    """Draw alpha_d per epoch (one line per dimension) and write a PNG (matplotlib object API)."""
+    """Draw alpha_d per epoch (one line per dimension) and write a PNG (matplotlib object API).
+
+    ``final``: the evaluated model's alpha [D] (the restored best-validation weights, which may
+    be an earlier epoch than the trace's last)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 3.6))
@@ -285,7 +300,8 @@ def save_mask_trace(steps: list[int], alphas: list[list[float]], final: list[flo
             ax.plot(steps, [row[d] for row in alphas], lw=0.9)
     ax.axhline(ACTIVE_THRESHOLD, color="k", ls=":", lw=0.8)
     active = sum(a > ACTIVE_THRESHOLD for a in final)
-    ax.set_title(f"MaskAAE mask: {active} of {len(final)} dimensions active at the end", fontsize=9)
+    ax.set_title(f"MaskAAE mask per epoch; {active} of {len(final)} dimensions active (alpha > 0.5) "
+                 "in the evaluated weights", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("alpha (epoch mean)")
     ax.set_ylim(-0.02, 1.02)
