@@ -174,6 +174,14 @@ def test_sequence_decoder_generates_through_the_mask(prepared_for, domain):
         a, b = torch.randn(3, model.objective.dim), torch.randn(3, model.objective.dim)
         out_a, out_b = model.generate(a), model.generate(b)
     assert all(torch.equal(x, y) for x, y in zip(out_a, out_b))
+    inner = model.decoder.inner
+    if hasattr(inner, "_h0"):  # beam search's stepping API reads the masked code too
+        alpha = model.objective.alpha()
+        with torch.no_grad():
+            h = model.decoder._h0(a)
+            expected = inner._h0(a * alpha)
+        assert all(torch.equal(x, y) for x, y in zip(torch.atleast_1d(h), torch.atleast_1d(expected)))
+    assert model.decoder.length == inner.length  # plain attributes come from the inner decoder
 
 
 def test_a_flag_of_this_objective_on_another_row_is_one_error_line():
