@@ -39,7 +39,8 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    xhat = p + u (q - p), u ~ U(0, 1) per example, lambda_gp = ``critic_gp`` (10).
 3. ``generator`` (Adam, ``critic_lr``, betas (0.5, 0.9); encoder + latent head, as in the
    paper's code: the mask is not a generator variable): L_G = -mean C(alpha z).
-4. ``mask`` (Adam at ``mask_lr``, betas (0.5, 0.9); only r):
+4. ``mask`` (Adam at ``mask_lr``, 2e-2, betas (0.5, 0.9); only r; the paper's code uses 5e-4
+   with RMSProp over 500k steps, which moves the mask too little in a few hundred CPU steps):
    L_M = rec_w * rec(x | alpha z) + (1 + W)^2 + c_t * sum_d alpha_d (1 - alpha_d)
    with W = mean C(alpha p) - mean C(alpha z) the critic's estimate of the Wasserstein distance
    between masked prior and masked codes (the paper's code writes (1 - (mean C(q) - mean C(p)))^2,
@@ -50,7 +51,8 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    paper's code; its period is 450 D steps for D > 20 over 500k steps, far beyond a CPU budget).
 
 Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
-toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1.
+toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
+(not tuned; on mnist5k at 600 steps the number of active dimensions depends strongly on it).
 
 Validation, early stopping and the NaN guard read ``model.loss``: the reconstruction through the
 masked decoder (the ``penalized`` terms), never an adversarial or mask term.
