@@ -84,6 +84,8 @@ DISCRETE_LATENTS = ("gumbel", "categorical")
 SEQUENCE_DOMAINS = ("molecules", "expressions")
 _DISCRETE = {"latent": DISCRETE_LATENTS}
 _ADVERSARIAL = {"objective": ("aae", "wae_gan")}
+_CRITIC = {"objective": ("aae", "wae_gan", "mask_aae")}  # rows with a network on the codes
+_MASK = {"objective": ("mask_aae",)}
 
 
 @dataclass
@@ -127,8 +129,10 @@ class LatentConfig:
                                    choices=names_in("discrete_rae.latents_discrete", "CATEGORICAL_MODES"),
                                    kind="categorical mode", applies={"latent": ("categorical",)})
     # adversarial objectives (objectives_adversarial.py)
-    disc_hidden: int = option(512, "adversarial objectives: discriminator hidden width", ge=1, applies=_ADVERSARIAL)
-    disc_layers: int = option(4, "adversarial objectives: discriminator hidden layers", ge=1, applies=_ADVERSARIAL)
+    disc_hidden: int = option(512, "adversarial objectives: discriminator (MaskAAE: critic) hidden width", ge=1,
+                              applies=_CRITIC)
+    disc_layers: int = option(4, "adversarial objectives: discriminator (MaskAAE: critic) hidden layers", ge=1,
+                              applies=_CRITIC)
     adv_weight: float = option(1.0, "adversarial objectives: weight of the encoder's (generator's) adversarial loss "
                                "(WAE-GAN: lambda in the main loss)", ge=0, applies=_ADVERSARIAL)
     adv_lr_ratio: float = option(0.5, "adversarial objectives: discriminator learning rate / --lr", gt=0,
@@ -137,6 +141,19 @@ class LatentConfig:
                               applies=_ADVERSARIAL)
     adv_sigma: float = option(1.0, "WAE-GAN: sigma of log N(z; 0, sigma^2 I) added to the discriminator's logit",
                               gt=0, applies={"objective": ("wae_gan",)})
+    # MaskAAE (objectives_mask.py)
+    critic_steps: int = option(5, "MaskAAE: WGAN-GP critic steps per batch", ge=1, applies=_MASK)
+    critic_gp: float = option(10.0, "MaskAAE: weight of the critic's gradient penalty (||grad|| - 1)^2", ge=0,
+                              applies=_MASK)
+    critic_lr: float = option(1e-4, "MaskAAE: Adam learning rate of the critic and of the encoder's generator "
+                              "phase (betas 0.5, 0.9)", gt=0, applies=_MASK)
+    mask_lr: float = option(2e-2, "MaskAAE: Adam learning rate of the mask parameters", gt=0, applies=_MASK)
+    mask_var_weight: float = option(100.0, "MaskAAE: weight of the variance penalty on masked-off code dimensions",
+                                    ge=0, applies=_MASK)
+    mask_rec_weight: float = option(1.0, "MaskAAE: weight of the reconstruction in the mask's loss", ge=0,
+                                    applies=_MASK)
+    mask_poly_every: int = option(50, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
+                                  "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
     # objective weights (objectives_mmd.py, objectives_iwae.py, objectives_mae.py)
     mmd_weight: float = option(10.0, "WAE-MMD: weight lambda of MMD(codes, prior draws)", ge=0,
                                applies={"objective": ("wae_mmd",)})

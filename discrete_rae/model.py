@@ -88,6 +88,8 @@ class AutoEncoder(nn.Module):
         if hasattr(self.prior, "attach"):  # a prior built from the model's own networks (VampPrior)
             self.prior.attach(self)
         self.objective = objective
+        if hasattr(objective, "attach"):  # an objective that changes a part (MaskAAE masks the decoder's input)
+            objective.attach(self)
 
     # --- training --------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[LatentOutput, Tensor]:

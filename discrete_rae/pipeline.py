@@ -28,6 +28,7 @@ from .data.errors import DataError, check_split_sizes, describe_drops
 from .grammar.teacher_mask import warm_training_masks
 from .io import write_json, write_text
 from .objectives_adversarial import adversarial_metrics, is_adversarial
+from .objectives_mask import is_masked, mask_report
 from .registry import DOMAINS, MODELS, SAMPLERS
 from .runconfig import run_config_from_checkpoint  # noqa: F401  (re-exported: callers of the old home)
 from .resume import reopen, resume_history
@@ -253,5 +254,8 @@ def evaluate_loaded(loaded: LoadedRun, prepared: Any, device: torch.device, samp
     if is_adversarial(loaded.model):  # the discriminator on held-out codes vs prior draws
         codes = domain.encode(loaded.model, prepared.test, device)
         metrics.update(adversarial_metrics(loaded.model, codes, seed=loaded.run.train.seed))
+    if is_masked(loaded.model):  # MaskAAE: active dimensions, the mask, mask_trace.png
+        history = (loaded.checkpoint.get("trainer") or {}).get("history", [])
+        metrics.update(mask_report(loaded.model, history, loaded.run_dir))
     return {"model": loaded.run.model_name, "domain": loaded.run.domain,
             "dataset": loaded.run.data.dataset, **metrics}

@@ -157,6 +157,10 @@ ROWS: tuple[Row, ...] = (
         "added to the discriminator's logit, prior sampling (Tolstikhin et al. 2018)",
         _code(0.0), _NORMAL, ("wae_gan", {"adv_weight": Per(sequence=1.0, images=1000.0), "adv_sigma": 1.0}),
         _NONE, "prior"),
+    Row("mask_aae", "MaskAAE: deterministic code times a learned mask alpha = 1 - exp(-a), WGAN-GP critic on "
+        "masked codes vs masked N(0, I) draws, variance penalty on masked-off dimensions, masked-prior sampling "
+        "(Mondal et al. 2020)", _code(0.0), _NORMAL,
+        ("mask_aae", {"critic_steps": 5, "critic_gp": 10.0, "mask_var_weight": 100.0}), _NONE, "prior"),
     # --- part 1 of the family (objectives): objectives_mmd.py, objectives_iwae.py, objectives_mae.py
     # WAE-MMD: lambda on this toolkit's summed-nll scale. The paper's 10 multiplies a squared error
     # summed over pixels; our default pixel nll is that error / (2 sigma^2) with sigma = 0.1, i.e.

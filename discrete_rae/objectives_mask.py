@@ -1,0 +1,327 @@
+"""MaskAAE: an adversarial autoencoder with a learned mask over the code dimensions.
+
+Mondal, Pal Chowdhury, Jayendran, Singla, Asnani, Prathosh (UAI 2020), "MaskAAE: Latent space
+optimization for adversarial auto-encoders". The code z = E(x) [B, D] is multiplied by a mask
+
+    alpha = 1 - exp(-a) in [0, 1)^D,    a >= 0,
+
+before the decoder reads it, and the prior draws p ~ N(0, I) are multiplied by the same mask
+before the critic compares them with the masked codes. Dimensions whose alpha goes to 0 are
+switched off; the number of dimensions left on (``mask_active``: alpha > 0.5) is the model's
+estimate of the data's latent dimensionality (the paper: 11-13 on MNIST from 32, 64 or 110).
+
+**a >= 0** by reparametrisation: a = softplus(r) with a free parameter r [D], so that
+alpha = 1 - exp(-softplus(r)) = sigmoid(r) exactly. The paper's code keeps a >= 0 by a
+projection after each step; a projection would need a hook after the optimizer step, which the
+model-agnostic trainer does not have, while the reparametrisation holds by construction, keeps
+r a plain parameter (checkpointed and resumed with the model's state_dict and the mask's own
+optimizer) and never leaves a stuck at exactly 0. r starts from a ~ U(0, 5) as in the paper's
+code (r = log(exp(a) - 1), a floored at 1e-3).
+
+**Where the mask acts.** The model's decoder is wrapped (:class:`MaskedDecoder`) so that it
+always reads alpha * z: in training, in reconstruction, and for any sampler's draws. A prior
+draw p is therefore decoded as alpha * p (the masked prior of the paper) without a special
+sampler, and an ex-post GMM fitted to the raw codes is decoded through the same mask.
+
+**Phases per batch** (each with its own optimizer; the trainer is model-agnostic):
+
+1. ``main`` (the model's AdamW at --lr, encoder + latent head + decoder):
+   rec(x | alpha z) + var_w * V,  with the variance penalty of the paper's code
+   V = mean_{b,d} (z_bd - mean_b z_d)^2 * exp(-10 alpha_d^2)  (alpha a constant here):
+   a dimension the mask switches off must not carry variance (information) the decoder cannot
+   see; weight ``mask_var_weight`` (100).
+2. ``critic`` (Adam, lr ``critic_lr`` 1e-4, betas (0.5, 0.9) as in WGAN-GP; ``critic_steps``
+   = 5 repeats per batch, on the batch's codes computed once (the paper's code draws a new batch
+   per critic step; here every phase sees the trainer's batch) and fresh prior draws each
+   repeat): the WGAN-GP loss (Gulrajani et al. 2017) on masked codes q = alpha z
+   and masked draws p = alpha p0 (no gradient to encoder or mask):
+   L_C = mean C(q) - mean C(p) + lambda_gp mean_i (||grad C(xhat_i)|| - 1)^2,
+   xhat = p + u (q - p), u ~ U(0, 1) per example, lambda_gp = ``critic_gp`` (10).
+3. ``generator`` (Adam, ``critic_lr``, betas (0.5, 0.9); encoder + latent head, as in the
+   paper's code: the mask is not a generator variable): L_G = -mean C(alpha z).
+4. ``mask`` (Adam at ``mask_lr``, 2e-2, betas (0.5, 0.9); only r; the paper's code uses 5e-4
+   with RMSProp over 500k steps, which moves the mask too little in a few hundred CPU steps):
+   L_M = rec_w * rec(x | alpha z) + (1 + W)^2 + c_t * sum_d alpha_d (1 - alpha_d)
+   with W = mean C(alpha p) - mean C(alpha z) the critic's estimate of the Wasserstein distance
+   between masked prior and masked codes (the paper's code writes (1 - (mean C(q) - mean C(p)))^2,
+   the same term). The reconstruction keeps informative dimensions on, the W term switches off
+   those whose codes do not follow the prior, and the polynomial term pushes every alpha to 0
+   or 1 with a weight that doubles every ``mask_poly_every`` steps:
+   c_t = min(2048, (2 / D) * 2^floor(t / mask_poly_every))   (start 2 / D and cap 2048: the
+   paper's code; its period is 450 D steps for D > 20 over 500k steps, far beyond a CPU budget).
+
+Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
+toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
+(not tuned; on mnist5k at 600 steps the number of active dimensions depends strongly on it).
+
+Validation, early stopping and the NaN guard read ``model.loss``: the reconstruction through the
+masked decoder (the ``penalized`` terms), never an adversarial or mask term.
+
+Monitoring: the mask phase logs ``mask/active`` (alpha > 0.5), ``mask/poly_weight`` and every
+``mask/alpha_<d>``, so metrics.jsonl holds the mask trace per epoch (epoch means);
+:func:`mask_report` adds ``mask_active`` and ``mask_alpha`` to the evaluation and draws
+``mask_trace.png`` from that history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import CONTINUOUS_LATENTS
+from .errors import ConfigError
+from .objectives import Penalized, Phase
+from .objectives_adversarial import Discriminator
+from .registry import OBJECTIVES
+
+log = logging.getLogger(__name__)
+
+#: alpha above this counts as an active dimension
+ACTIVE_THRESHOLD = 0.5
+#: the polynomial weight's start (times 1 / D) and cap, from the paper's code
+POLY_START, POLY_CAP = 2.0, 2048.0
+#: WGAN-GP's Adam betas for the critic, the generator and the mask
+WGAN_BETAS = (0.5, 0.9)
+
+
+class LatentMask(nn.Module):
+    """alpha = 1 - exp(-softplus(r)) in (0, 1)^D, r [D] a free parameter (module docstring)."""
+
+    def __init__(self, dim: int, init_high: float = 5.0) -> None:
+        super().__init__()
+        a = torch.rand(dim).mul(init_high).clamp_min(1e-3)  # the paper's a ~ U(0, 5)
+        self.raw = nn.Parameter(torch.log(torch.expm1(a)))  # softplus^-1(a)
+
+    def a(self) -> Tensor:
+        """a = softplus(r) >= 0 [D]."""
+        return F.softplus(self.raw)
+
+    def alpha(self) -> Tensor:
+        """alpha = 1 - exp(-a) = -expm1(-a) [D] (expm1: exact for small a)."""
+        return -torch.expm1(-self.a())
+
+    def forward(self, z: Tensor) -> Tensor:
+        """alpha * z for codes [..., D]."""
+        return z * self.alpha().to(z.dtype)
+
+
+class MaskedDecoder(nn.Module):
+    """The model's decoder reading alpha * z: forward and, where the inner decoder has them,
+    generate and the stepping API of beam search (``_h0``, ``step``) mask their code argument;
+    other attributes are the inner decoder's.
+
+    The mask is held as a plain reference (not a submodule): it is the objective's parameter,
+    trained by the mask optimizer only, and stays out of the decoder's parameter groups.
+    """
+
+    def __init__(self, inner: nn.Module, mask: LatentMask) -> None:
+        super().__init__()
+        self.inner = inner
+        self.__dict__["_mask"] = mask  # not registered: see the class docstring
+
+    #: methods of sequence decoders whose first argument is the code (generation, beam search)
+    CODE_METHODS = ("generate", "_h0", "step")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__["_modules"]["inner"]
+            attr = getattr(inner, name)  # AttributeError when the inner decoder lacks it too
+            if name in self.CODE_METHODS:
+                return lambda z, *args, **kwargs: attr(self._mask(z), *args, **kwargs)
+            return attr
+
+    def forward(self, z: Tensor, x: Tensor | None) -> Tensor:
+        return self.inner(self._mask(z), x)
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, weight: float) -> Tensor:
+    """weight * mean_i (||grad_x C(xhat_i)||_2 - 1)^2, xhat = real + u (fake - real), u ~ U(0, 1) [B, 1].
+
+    ``real``/``fake`` [B, D]; the graph is kept (create_graph) so the penalty trains the critic.
+    """
+    u = torch.rand(real.shape[0], 1, device=real.device)
+    xhat = (real + u * (fake - real)).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
+    return weight * (grad.norm(dim=-1) - 1.0).pow(2).mean()
+
+
+def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:
+    """mean_{b,d} (z_bd - mean_b z_d)^2 exp(-10 alpha_d^2): batch variance of the dimensions the
+    mask switches off (weight ~1 at alpha 0, 0.08 at 0.5, 5e-5 at 1). z [B, D], alpha [D]."""
+    return ((z - z.mean(0, keepdim=True)).pow(2) * torch.exp(-10.0 * alpha.pow(2))).mean()
+
+
+def poly_weight(step: int, dim: int, every: int) -> float:
+    """c_t = min(2048, (2 / D) 2^floor(step / every)): doubles every ``every`` steps."""
+    doublings = min(step // max(every, 1), 64)
+    return min(POLY_CAP, POLY_START / dim * 2.0 ** doublings)
+
+
+@OBJECTIVES.register("mask_aae")
+class MaskAAE(Penalized):
+    """MaskAAE: main, critic (x critic_steps), generator and mask phases (module docstring)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        if cfg.latent not in CONTINUOUS_LATENTS:
+            raise ConfigError(f"the {cfg.objective} objective needs a continuous latent "
+                              f"({' | '.join(CONTINUOUS_LATENTS)}), not {cfg.latent!r}")
+        self.dim = int(cfg.latent_dim)
+        self.critic = Discriminator(self.dim, int(cfg.disc_hidden), int(cfg.disc_layers))
+        self.mask = LatentMask(self.dim)
+        self.critic_steps, self.gp_weight = int(cfg.critic_steps), float(cfg.critic_gp)
+        self.critic_lr, self.mask_lr = float(cfg.critic_lr), float(cfg.mask_lr)
+        self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
+        self.poly_every = int(cfg.mask_poly_every)
+
+    def attach(self, model: Any) -> None:
+        """Make the model's decoder read alpha * z (called once by the model)."""
+        if not isinstance(model.decoder, MaskedDecoder):
+            model.decoder = MaskedDecoder(model.decoder, self.mask)
+
+    # --- pieces -----------------------------------------------------------------------------------
+    def alpha(self) -> Tensor:
+        return self.mask.alpha()
+
+    @staticmethod
+    def raw_codes(model: Any, x: Tensor) -> Tensor:
+        """The unmasked codes z [B, D] (a posterior sample for Gaussian latents)."""
+        return model.latent(model.encoder(x)).z.float()
+
+    def _batch_codes(self, model: Any, x: Tensor, step: int) -> Tensor:
+        """The batch's codes for the critic's repeats: the encoder does not move during them, so
+        they are computed once per (batch, step) and kept only until the next batch."""
+        key = (x.data_ptr(), tuple(x.shape), step)
+        cached = self.__dict__.get("_codes")
+        if cached is None or cached[0] != key:
+            cached = (key, self.raw_codes(model, x))
+            self.__dict__["_codes"] = cached  # a plain attribute: never part of the state_dict
+        return cached[1]
+
+    def masked_prior(self, model: Any, n: int, alpha: Tensor) -> Tensor:
+        """alpha * p, p ~ the model's prior [n, D]."""
+        return model.prior.sample(n).to(device=alpha.device, dtype=torch.float32) * alpha
+
+    def wasserstein(self, q: Tensor, p: Tensor) -> Tensor:
+        """The critic's estimate W = mean C(p) - mean C(q) (prior draws score high)."""
+        return self.critic(p).mean() - self.critic(q).mean()
+
+    # --- phases -----------------------------------------------------------------------------------
+    def main_terms(self, model: Any, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Phase "main": the reconstruction terms + var_w * variance penalty (alpha constant)."""
+        lat, out = model(x)
+        rec = model.likelihood.nll(out, x).mean()
+        latent_term = self.latent_term(model, lat, step)
+        reg = model.decoder_penalty(lat, out, x)
+        var = variance_penalty(lat.z.float(), self.alpha().detach())
+        return {"loss": rec + latent_term + reg + self.var_weight * var, "rec": rec.detach(),
+                "latent": latent_term.detach(), "reg": reg.detach(), "var": var.detach(), **model.likelihood_terms()}
+
+    def critic_terms(self, model: Any, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Phase "critic": WGAN-GP on alpha * codes vs alpha * prior draws (encoder, mask fixed)."""
+        with torch.no_grad():
+            alpha = self.alpha()
+            q = self._batch_codes(model, x, step) * alpha
+        p = self.masked_prior(model, len(q), alpha)
+        w = self.wasserstein(q, p)
+        gp = gradient_penalty(self.critic, p, q, self.gp_weight)
+        return {"loss": -w + gp, "w": w.detach(), "gp": gp.detach()}
+
+    def generator_terms(self, model: Any, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Phase "generator": -mean C(alpha z), stepped on encoder + latent head."""
+        q = self.raw_codes(model, x) * self.alpha().detach()
+        adv = -self.critic(q).mean()
+        return {"loss": adv, "adv": adv.detach()}
+
+    def mask_terms(self, model: Any, x: Tensor, step: int) -> dict[str, Tensor]:
+        """Phase "mask": rec_w * rec + (1 + W)^2 + c_t sum alpha (1 - alpha), stepped on r only."""
+        alpha = self.alpha()
+        with torch.no_grad():
+            z = model.latent(model.encoder(x)).z
+        rec = model.likelihood.nll(model.decoder(z, x), x).mean()  # the decoder applies alpha
+        w = self.wasserstein(z.float() * alpha, self.masked_prior(model, len(z), alpha))
+        c = poly_weight(step, self.dim, self.poly_every)
+        poly = (alpha * (1 - alpha)).sum()
+        loss = self.rec_weight * rec + (1.0 + w).pow(2) + c * poly
+        a = alpha.detach()
+        trace = {f"alpha_{d:02d}": a[d] for d in range(self.dim)}
+        return {"loss": loss, "rec": rec.detach(), "w": w.detach(), "poly": poly.detach(),
+                "poly_weight": a.new_tensor(c), "active": (a > ACTIVE_THRESHOLD).sum().float(), **trace}
+
+    # --- optimizers -------------------------------------------------------------------------------
+    def extra_optimizers(self, model: Any, lr: float) -> dict[str, torch.optim.Optimizer]:
+        """Critic and generator: Adam(critic_lr, (0.5, 0.9)); mask: Adam(mask_lr, (0.5, 0.9))."""
+        gen = list(model.encoder.parameters()) + list(model.latent.parameters())
+        return {"critic": torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=WGAN_BETAS),
+                "generator": torch.optim.Adam(gen, lr=self.critic_lr, betas=WGAN_BETAS),
+                "mask": torch.optim.Adam(self.mask.parameters(), lr=self.mask_lr, betas=WGAN_BETAS)}
+
+    def phases(self, model: Any) -> list[Phase]:
+        return [Phase("main", "main", lambda x, step: self.main_terms(model, x, step)),
+                Phase("critic", "critic", lambda x, step: self.critic_terms(model, x, step), self.critic_steps),
+                Phase("generator", "generator", lambda x, step: self.generator_terms(model, x, step)),
+                Phase("mask", "mask", lambda x, step: self.mask_terms(model, x, step))]
+
+
+def is_masked(model: Any) -> bool:
+    """True when ``model``'s objective is MaskAAE."""
+    return isinstance(getattr(model, "objective", None), MaskAAE)
+
+
+def mask_trace(history: list[dict]) -> tuple[list[int], list[list[float]]]:
+    """(steps, alpha per epoch [E][D]) from the trainer's history (epoch means of the mask phase)."""
+    steps, alphas = [], []
+    for record in history:
+        train = record.get("train", {})
+        keys = sorted(k for k in train if k.startswith("mask/alpha_"))
+        if keys:
+            steps.append(int(record["step"]))
+            alphas.append([float(train[k]) for k in keys])
+    return steps, alphas
+
+
+def save_mask_trace(steps: list[int], alphas: list[list[float]], final: list[float], path: Path) -> None:
+    """Draw alpha_d per epoch (one line per dimension) and write a PNG (matplotlib object API).
+
+    ``final``: the evaluated model's alpha [D] (the restored best-validation weights, which may
+    be an earlier epoch than the trace's last)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    if alphas:
+        for d in range(len(alphas[0])):
+            ax.plot(steps, [row[d] for row in alphas], lw=0.9)
+    ax.axhline(ACTIVE_THRESHOLD, color="k", ls=":", lw=0.8)
+    active = sum(a > ACTIVE_THRESHOLD for a in final)
+    ax.set_title(f"MaskAAE mask per epoch; {active} of {len(final)} dimensions active (alpha > 0.5) "
+                 "in the evaluated weights", fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("alpha (epoch mean)")
+    ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@torch.no_grad()
+def mask_report(model: Any, history: list[dict] | None = None, run_dir: Path | None = None) -> dict[str, Any]:
+    """``mask_active`` (alpha > 0.5) and ``mask_alpha`` [D] of a MaskAAE model ({} for others);
+    with a run directory also ``mask_trace.png`` from the training history."""
+    if not is_masked(model):
+        return {}
+    alpha = [round(float(a), 4) for a in model.objective.alpha().cpu()]
+    out = {"mask_active": int(sum(a > ACTIVE_THRESHOLD for a in alpha)), "mask_alpha": alpha}
+    if run_dir is not None:
+        steps, alphas = mask_trace(history or [])
+        save_mask_trace(steps, alphas, alpha, Path(run_dir) / "mask_trace.png")
+    if not math.isfinite(sum(alpha)):
+        log.warning("the mask holds non-finite values: %s", alpha)
+    return out

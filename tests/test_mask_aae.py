@@ -1,0 +1,256 @@
+"""MaskAAE (mask_aae): the mask stays in [0, 1], each phase moves only its parameters, the
+gradient penalty, the doubling polynomial weight, the masked decoder and prior, flags refused on
+other rows, the evaluation's active count and trace picture, exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from discrete_rae.config import replace
+from discrete_rae.errors import ConfigError, UsageError
+from discrete_rae.objectives_mask import (LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
+                                          mask_report, poly_weight, variance_penalty)
+from discrete_rae.registry import MODELS
+from discrete_rae.runconfig import resolve_run_config
+from discrete_rae.trainer import Trainer
+
+PHASES = ["main", "critic", "generator", "mask"]
+
+
+def _model(prepared_for, domain: str = "images", **overrides):
+    run, prepared = prepared_for(domain, "mask_aae")
+    cfg = replace(run.model, overrides) if overrides else run.model
+    torch.manual_seed(0)
+    return run, prepared, MODELS.get("mask_aae").build(cfg, prepared.codec)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(v, before[k]) for k, v in module.named_parameters())
+
+
+def test_row_phases_and_optimizers(prepared_for):
+    run, _, model = _model(prepared_for)
+    assert MODELS.get("mask_aae").sampler == "prior" and run.model.objective == "mask_aae"
+    phases = model.phases()
+    assert [p.name for p in phases] == PHASES and phases[1].repeats == 5
+    opts = model.configure_optimizers(1e-3)
+    assert list(opts) == PHASES
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    objective = model.objective
+    assert ids(opts["critic"]) == {id(p) for p in objective.critic.parameters()}
+    assert ids(opts["mask"]) == {id(objective.mask.raw)}
+    assert ids(opts["generator"]) == {id(p) for m in (model.encoder, model.latent) for p in m.parameters()}
+    assert not ids(opts["main"]) & (ids(opts["critic"]) | ids(opts["mask"]))
+    for name in ("critic", "generator", "mask"):
+        assert opts[name].param_groups[0]["betas"] == (0.5, 0.9)
+    assert opts["critic"].param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_mask_is_always_in_unit_interval():
+    torch.manual_seed(0)
+    mask = LatentMask(64)
+    assert torch.all(mask.a() >= 0)
+    for raw in (torch.linspace(-80, 80, 64), torch.full((64,), -1e4), torch.full((64,), 1e4), torch.randn(64) * 30):
+        with torch.no_grad():
+            mask.raw.copy_(raw)
+        alpha = mask.alpha()
+        assert torch.all(mask.a() >= 0) and torch.all(alpha >= 0) and torch.all(alpha <= 1)
+        assert torch.allclose(alpha, 1 - torch.exp(-mask.a()), atol=1e-6)
+    # a ~ U(0, 5) at the start, as in the paper's code: alpha in (0, 1 - e^-5]
+    torch.manual_seed(1)
+    start = LatentMask(1000).alpha()
+    assert start.min() > 0 and start.max() <= 1 - torch.exp(torch.tensor(-5.0)) + 1e-6
+
+
+def test_mask_stays_in_unit_interval_under_big_steps(prepared_for):
+    run, prepared, model = _model(prepared_for, mask_lr=50.0)  # absurd rate: r jumps far
+    trainer = Trainer(model, run.train, None, torch.device("cpu"), progress=False)
+    model.train()
+    for step in range(5):
+        trainer._optimizer_step(model.objective.mask_terms(model, prepared.train[:16], step * 1000), "mask")
+        alpha = model.objective.alpha()
+        assert torch.all((alpha >= 0) & (alpha <= 1))
+
+
+def test_each_phase_moves_only_its_parameters(prepared_for):
+    run, prepared, model = _model(prepared_for)
+    trainer = Trainer(model, run.train, None, torch.device("cpu"), progress=False)
+    x = prepared.train[:32]
+    model.train()
+    parts = {"encoder": model.encoder, "latent": model.latent, "decoder": model.decoder,
+             "critic": model.objective.critic, "mask": model.objective.mask}
+    moved = {}
+    for phase in trainer.phases:
+        before = {n: _snapshot(m) for n, m in parts.items()}
+        trainer._optimizer_step(phase.loss(x, 0), phase.optimizer)
+        moved[phase.name] = {n for n, m in parts.items() if _changed(m, before[n])}
+    assert moved["main"] == {"encoder", "latent", "decoder"}
+    assert moved["critic"] == {"critic"}
+    assert moved["generator"] == {"encoder", "latent"}
+    assert moved["mask"] == {"mask"}
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    """C(z) = w.z has gradient w everywhere: the penalty is weight * (||w|| - 1)^2."""
+    critic = torch.nn.Linear(6, 1, bias=True)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[3.0, -4.0, 0.0, 0.0, 12.0, 0.0]]))  # ||w|| = 13
+    real, fake = torch.randn(20, 6), torch.randn(20, 6) + 3
+    gp = gradient_penalty(critic, real, fake, 10.0)
+    assert gp.item() == pytest.approx(10 * (13 - 1) ** 2)
+    gp.backward()  # the penalty trains the critic: d/dw 10 (||w|| - 1)^2 = 20 (||w|| - 1) w / ||w||
+    expected = 20 * 12 * critic.weight.detach() / 13
+    assert torch.allclose(critic.weight.grad, expected, rtol=1e-5)
+    with torch.no_grad():
+        critic.weight.div_(13.0)  # unit norm: no penalty
+    assert gradient_penalty(critic, real, fake, 10.0).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_poly_weight_doubles_on_its_schedule(prepared_for):
+    assert poly_weight(0, 32, 100) == pytest.approx(2 / 32)
+    assert poly_weight(99, 32, 100) == pytest.approx(2 / 32)
+    assert poly_weight(100, 32, 100) == pytest.approx(4 / 32)
+    assert poly_weight(250, 32, 100) == pytest.approx(8 / 32)
+    assert [poly_weight(s, 16, 7) for s in (0, 7, 14, 21)] == pytest.approx([0.125, 0.25, 0.5, 1.0])
+    assert poly_weight(10**6, 32, 100) == 2048.0  # the cap
+    _, prepared, model = _model(prepared_for, mask_poly_every=3)
+    dim = model.objective.dim
+    for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim)):
+        terms = model.objective.mask_terms(model, prepared.train[:8], step)
+        assert terms["poly_weight"].item() == pytest.approx(expected)
+
+
+def test_mask_loss_terms(prepared_for):
+    _, prepared, model = _model(prepared_for, mask_rec_weight=2.0)
+    obj = model.objective
+    torch.manual_seed(5)
+    terms = obj.mask_terms(model, prepared.train[:8], 0)
+    alpha = obj.alpha().detach()
+    assert terms["poly"].item() == pytest.approx(float((alpha * (1 - alpha)).sum()), rel=1e-5)
+    expected = 2.0 * terms["rec"] + (1 + terms["w"]) ** 2 + terms["poly_weight"] * terms["poly"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["active"].item() == float((alpha > 0.5).sum())
+    assert [terms[f"alpha_{d:02d}"].item() for d in range(obj.dim)] == pytest.approx(alpha.tolist())
+
+
+def test_variance_penalty_weighs_off_dimensions():
+    z = torch.tensor([[1.0, 5.0], [3.0, -5.0]])  # batch variances (population) 1 and 25
+    on_off = torch.tensor([1.0, 0.0])
+    assert variance_penalty(z, on_off).item() == pytest.approx((1 * torch.exp(torch.tensor(-10.0)).item() + 25) / 2)
+    assert variance_penalty(z, torch.ones(2)).item() < 1e-3
+
+
+def test_decoder_and_prior_draws_read_the_masked_code(prepared_for):
+    _, prepared, model = _model(prepared_for)
+    assert isinstance(model.decoder, MaskedDecoder) and is_masked(model)
+    model.eval()
+    with torch.no_grad():
+        model.objective.mask.raw.copy_(torch.tensor([50.0, -50.0] * (model.objective.dim // 2)))
+        alpha = model.objective.alpha()
+        z = torch.randn(4, model.objective.dim)
+        off = alpha < 0.5
+        z2 = z.clone()
+        z2[:, off] = torch.randn(4, int(off.sum())) * 10  # switched-off dimensions change nothing
+        assert torch.allclose(model.generate(z), model.generate(z2), atol=1e-5)
+        assert torch.allclose(model.decoder(z, None), model.decoder.inner(z * alpha, None))
+    # the mask is a plain parameter of the objective, not of the decoder's parameter groups
+    assert "objective.mask.raw" in model.state_dict()
+    assert not any("mask" in k for k, _ in model.decoder.named_parameters())
+
+
+@pytest.mark.parametrize("domain", ["expressions"])
+def test_sequence_decoder_generates_through_the_mask(prepared_for, domain):
+    _, prepared, model = _model(prepared_for, domain)
+    model.eval()
+    with torch.no_grad():
+        model.objective.mask.raw.fill_(-60.0)  # every dimension off: all codes decode alike
+        a, b = torch.randn(3, model.objective.dim), torch.randn(3, model.objective.dim)
+        out_a, out_b = model.generate(a), model.generate(b)
+    assert all(torch.equal(x, y) for x, y in zip(out_a, out_b))
+    inner = model.decoder.inner
+    if hasattr(inner, "_h0"):  # beam search's stepping API reads the masked code too
+        alpha = model.objective.alpha()
+        with torch.no_grad():
+            h = model.decoder._h0(a)
+            expected = inner._h0(a * alpha)
+        assert all(torch.equal(x, y) for x, y in zip(torch.atleast_1d(h), torch.atleast_1d(expected)))
+    assert model.decoder.length == inner.length  # plain attributes come from the inner decoder
+
+
+def test_a_flag_of_this_objective_on_another_row_is_one_error_line():
+    """Like --adv-lr-ratio: an objective's option set on a row that does not use it is refused with
+    one line naming the flag (the validation's user error), before any work."""
+    for model, flag in (("aae", {"critic_gp": 5.0}), ("vae", {"mask_poly_every": 10}), ("rae", {"mask_lr": 1e-3})):
+        with pytest.raises(UsageError) as err:
+            resolve_run_config("images", model, "smoke", None, {"model": flag})
+        message = str(err.value)
+        assert len(message.splitlines()) == 1 and "--" + next(iter(flag)).replace("_", "-") in message
+        assert "mask_aae" in message
+    with pytest.raises(UsageError, match="--adv-lr-ratio"):
+        resolve_run_config("images", "mask_aae", "smoke", None, {"model": {"adv_lr_ratio": 0.2}})
+    run = resolve_run_config("images", "mask_aae", "smoke", None, {"model": {"mask_poly_every": 10}})
+    assert run.model.mask_poly_every == 10
+
+
+def test_a_discrete_latent_is_refused(prepared_for):
+    run, _ = prepared_for("images", "mask_aae")
+    cfg = replace(run.model, {"latent": "categorical", "prior": "uniform_categorical"})
+    with pytest.raises(ConfigError, match="continuous latent"):
+        MaskAAE(cfg)
+
+
+def test_report_counts_active_dimensions_and_draws_the_trace(prepared_for, tmp_path):
+    run, prepared, model = _model(prepared_for)
+    cfg = replace(run.train, {"epochs": 2, "early_stop": 0})
+    trainer = Trainer(model, cfg, None, torch.device("cpu"), progress=False)
+    trainer.fit(prepared.train, prepared.val)
+    train, val = trainer.state.history[-1]["train"], trainer.state.history[-1]["val"]
+    dim = model.objective.dim
+    assert {"critic/w", "critic/gp", "generator/adv", "mask/active", "mask/poly_weight", "var"} <= set(train)
+    assert {f"mask/alpha_{d:02d}" for d in range(dim)} <= set(train)
+    assert set(val) == {"loss", "rec", "latent", "reg"}  # validation on the reconstruction only
+    report = mask_report(model, trainer.state.history, tmp_path)
+    alpha = model.objective.alpha().detach()
+    assert report["mask_active"] == int((alpha > 0.5).sum()) and len(report["mask_alpha"]) == dim
+    assert (tmp_path / "mask_trace.png").stat().st_size > 1000
+
+
+def test_report_is_empty_for_other_models(prepared_for):
+    run, prepared = prepared_for("images", "aae")
+    model = MODELS.get("aae").build(run.model, prepared.codec)
+    assert mask_report(model) == {} and not is_masked(model)
+
+
+def _fit(prepared_for, run_dir: Path, epochs: int, resume_from: dict | None = None):
+    run, prepared, model = _model(prepared_for, latent="gaussian")  # noise in every phase
+    cfg = replace(run.train, {"epochs": epochs, "early_stop": 0, "seed": 3})
+    trainer = Trainer(model, cfg, run_dir, torch.device("cpu"), progress=False)
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model_state"])
+        trainer.load_state_dict(resume_from["trainer"])
+    trainer.fit(prepared.train, prepared.val)
+    return trainer, model
+
+
+def test_resume_is_exact_with_the_mask_and_every_optimizer(prepared_for, tmp_path):
+    (tmp_path / "ref").mkdir()
+    ref_trainer, ref = _fit(prepared_for, tmp_path / "ref", 2)
+    (tmp_path / "part").mkdir()
+    _fit(prepared_for, tmp_path / "part", 1)
+    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert set(ckpt["trainer"]["optimizers"]) == set(PHASES)
+    assert type(ckpt["model_state"]["objective.mask.raw"]) is torch.Tensor
+    resumed_trainer, resumed = _fit(prepared_for, tmp_path / "part", 2, resume_from=ckpt)
+    for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    for name, opt in ref_trainer.optimizers.items():
+        a, b = opt.state_dict()["state"], resumed_trainer.optimizers[name].state_dict()["state"]
+        assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a), name
+    assert [r["train"] for r in ref_trainer.state.history] == [r["train"] for r in resumed_trainer.state.history]
