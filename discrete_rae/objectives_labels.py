@@ -240,6 +240,14 @@ class _LabelAAE(AdversarialAutoencoder):
         """Mean -log p(x | code) over the batch (nats per example)."""
         return model.likelihood.nll(model.decoder(code, x), x).mean()
 
+    @staticmethod
+    def main_loss(rec: Tensor, **extra: Tensor) -> dict[str, Tensor]:
+        """The main phase's terms: rec (+ extra) is minimised; no latent term or decoder penalty (0)."""
+        zero = rec.new_zeros(())
+        loss = rec + sum(extra.values(), zero)
+        return {"loss": loss, "rec": rec.detach(), "latent": zero, "reg": zero,
+                **{k: v.detach() for k, v in extra.items()}}
+
 
 @OBJECTIVES.register("aae_supervised")
 class SupervisedAAE(_LabelAAE):
@@ -253,13 +261,11 @@ class SupervisedAAE(_LabelAAE):
         h = model.encoder(x)
         lat = model.latent(h)
         if not isinstance(batch, (tuple, list)):  # no labels given: the head's guess (as encode does)
-            rec = self.reconstruction(model, x, lat.z)
-            return {"loss": rec, "rec": rec.detach()}
+            return self.main_loss(self.reconstruction(model, x, lat.z))
         label = batch[1].long()
         code = torch.cat([F.one_hot(label, self.n_labels).to(lat.z.dtype), self.style(lat.z)], dim=-1)
         rec = self.reconstruction(model, x, code)
-        ce = F.cross_entropy(lat.stats["logits"].float(), label)
-        return {"loss": rec + ce, "rec": rec.detach(), "label_ce": ce.detach()}
+        return self.main_loss(rec, label_ce=F.cross_entropy(lat.stats["logits"].float(), label))
 
 
 @OBJECTIVES.register("aae_cluster")
@@ -270,8 +276,7 @@ class ClusterAAE(_LabelAAE):
 
     def main_terms(self, model: Any, batch: Any, step: int) -> dict[str, Tensor]:
         x = images_of(batch)
-        rec = self.reconstruction(model, x, model.latent(model.encoder(x)).z)
-        return {"loss": rec, "rec": rec.detach()}
+        return self.main_loss(self.reconstruction(model, x, model.latent(model.encoder(x)).z))
 
 
 @OBJECTIVES.register("aae_semi")
