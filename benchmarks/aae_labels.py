@@ -18,7 +18,7 @@ Trains each row with the quick image preset (channels 64, 128; style dim 16; bat
 
 Usage:
     python benchmarks/aae_labels.py [--dataset mnist5k] [--steps 1500] [--which supervised,semi,cluster]
-        [--seed 0] [--threads 1] [--runs-dir runs/aae_labels]
+        [--seed 0] [--style-dim 4] [--threads 1] [--runs-dir runs/aae_labels]
 
 Prints one line per figure and ONE JSON line at the end.
 """
@@ -49,8 +49,9 @@ ROWS = {"supervised": "aae_supervised", "semi": "aae_semi", "cluster": "aae_clus
 
 
 def run_config(row: str, args: argparse.Namespace) -> Any:
+    model = {"latent_dim": args.style_dim} if args.style_dim > 0 else {}
     return resolve_run_config("images", row, "quick", None, {
-        "train": {"max_steps": args.steps, "seed": args.seed, "max_minutes": 30.0},
+        "model": model, "train": {"max_steps": args.steps, "seed": args.seed, "max_minutes": 30.0},
         "data": {"dataset": args.dataset}})
 
 
@@ -162,12 +163,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--which", default="supervised,semi,cluster")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style-dim", type=int, default=0, help="style code size D (--latent-dim; 0 = the preset's 16)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-dir", default="runs/aae_labels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_all()
-    out: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps, "seed": args.seed}
+    out: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps, "seed": args.seed,
+                           "style_dim": args.style_dim or 16}
     for name in args.which.split(","):
         out[name] = {"supervised": supervised, "semi": semi, "cluster": cluster}[name](args)
     print(json.dumps(out))
