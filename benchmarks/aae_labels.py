@@ -3,8 +3,8 @@
 Trains each row with the quick image preset (channels 64, 128; style dim 16; batch 64; Adam
 1e-3) for a fixed step budget and one seed, then prints each figure beside its reference:
 
-- ``supervised`` (``aae_supervised``): the styles of the first 10 test images, each decoded
-  with all 10 labels; the share of the 100 decodes that a classifier calls the label the
+- ``supervised`` (``aae_supervised``): the styles of the first 100 test images, each decoded
+  with all 10 labels; the share of the 1,000 decodes that a classifier calls the label the
   decoder was given. Two classifiers: the data set's offline feature net (its held-out
   accuracy is printed) and scikit-learn's LogisticRegression on raw pixels fitted to the
   training split. Target: >= 0.90.
@@ -82,11 +82,11 @@ def supervised(args: argparse.Namespace) -> dict[str, Any]:
     metrics, loaded, prepared = train("aae_supervised", args)
     model = loaded.model
     k = model.latent.n_labels
-    codes = DOMAINS.get("images").encode(model, prepared.test[:10], torch.device("cpu"))
-    images = decode_with_labels(model, codes[:, k:], torch.device("cpu"))  # [10, K, C, H, W]
+    codes = DOMAINS.get("images").encode(model, prepared.test[:100], torch.device("cpu"))
+    images = decode_with_labels(model, codes[:, k:], torch.device("cpu"))  # [100, K, C, H, W]
     pixels = prepared.train.flatten(1).numpy()
     lr = LogisticRegression(max_iter=300).fit(pixels, prepared.labels["class"].numpy())
-    predicted = torch.from_numpy(lr.predict(images.flatten(0, 1).flatten(1).numpy())).reshape(10, k)
+    predicted = torch.from_numpy(lr.predict(images.flatten(0, 1).flatten(1).numpy())).reshape(len(codes), k)
     lr_acc = float((predicted == torch.arange(k)[None]).float().mean())
     lr_test = float(lr.score(prepared.test.flatten(1).numpy(), prepared.labels["class_test"].numpy()))
     print(f"[supervised] feature-net held-out accuracy {metrics['label_swap_classifier_accuracy']:.3f}; "

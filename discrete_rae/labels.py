@@ -16,8 +16,8 @@ A model that reads labels on data without class labels is one ConfigError.
 
 Held-out figures (:func:`label_metrics`, in ``metrics.json``), on the test split:
 
-- ``label_swap_accuracy`` (supervised): the styles of the first ``n_styles`` test images, each
-  decoded with every label; the share of decodes the data set's feature classifier (the
+- ``label_swap_accuracy`` (supervised): the styles of the first ``n_styles`` (100) test images,
+  each decoded with every label; the share of decodes the data set's feature classifier (the
   offline feature net of metrics/images.py, trained on the training images) assigns to the
   label the decoder was given;
 - ``head_accuracy`` (semi-supervised; also for supervised: its detached label head): argmax of
@@ -26,7 +26,7 @@ Held-out figures (:func:`label_metrics`, in ``metrics.json``), on the test split
   members (clusters with no training member: the overall majority label); the share of test
   images whose cluster's name is not their label. ``clusters_used``: clusters with a member.
 
-Picture ``label_grid.png``: one row per test image's style, one column per label / category
+Picture ``label_grid.png``: one row per test image's style (the first 10), one column per label / category
 (:func:`label_grid`).
 """
 
@@ -183,7 +183,7 @@ def feature_classifier(prepared: Any) -> Any:
 
 
 def label_metrics(model: Any, prepared: Any, device: torch.device, run_dir: Path | None = None,
-                  n_styles: int = 10) -> dict[str, Any]:
+                  n_styles: int = 100, grid_rows: int = 10) -> dict[str, Any]:
     """The figures of the module docstring ({} for other models); draws ``label_grid.png``."""
     objective = label_objective(model)
     if objective is None or LABEL_KEY not in prepared.labels or prepared.labels[LABEL_KEY].ndim != 1:
@@ -205,7 +205,7 @@ def label_metrics(model: Any, prepared: Any, device: torch.device, run_dir: Path
                                     y_test, k)
         out.update({"cluster_error": error, "clusters_used": used})
     if run_dir is not None:
-        _draw(model, styles, device, run_dir, objective)
+        _draw(model, styles[:grid_rows], device, run_dir, objective)
     return out
 
 
