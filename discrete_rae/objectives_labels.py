@@ -32,6 +32,10 @@ the trainer only slices them): ``aae_supervised`` reads (x, label); ``aae_semi``
 (x, x_l, y_l), where every training row is paired with one labelled example (the subset
 repeated in a seeded order), so each batch carries a labelled batch of the same size;
 ``aae_cluster`` reads x. Validation and early stopping use the main phase's reconstruction.
+
+Style size (measured on mnist5k, 1,000 steps, README): nothing but a small z keeps the class out of
+the style; with D = 16 the supervised decoder ignored the label (label swap 0.36), with D = 2 it
+follows it (0.935). The image presets set D = 16: pass ``--latent-dim 2`` for ``aae_supervised``.
 """
 
 from __future__ import annotations
