@@ -20,7 +20,7 @@ def load_all() -> None:
     # latents, samplers and decoder regularisers (continuous and discrete)
     from . import latents, latents_discrete, regularizers, samplers, samplers_discrete, samplers_learned  # noqa: F401
     # priors and objectives
-    from . import distributions, objectives, objectives_adversarial  # noqa: F401
+    from . import distributions, objectives, objectives_adversarial, objectives_labels  # noqa: F401
     from . import objectives_iwae, objectives_mae, objectives_mask, objectives_mmd, prior_vamp  # noqa: F401
     # codecs beyond the built-in grammar / character ones (the SELFIES package itself loads lazily)
     from . import selfies_codec  # noqa: F401

@@ -79,12 +79,14 @@ def choice_names(choices: Any) -> list[str]:
 
 
 # Component values that name fields in ``applies`` rules (shared by every family).
-CONTINUOUS_LATENTS = ("gaussian", "deterministic")
+# style_label / style_category: a label part [y] and a continuous style z (objectives_labels.py)
+CONTINUOUS_LATENTS = ("gaussian", "deterministic", "style_label", "style_category")
 DISCRETE_LATENTS = ("gumbel", "categorical")
 SEQUENCE_DOMAINS = ("molecules", "expressions")
 _DISCRETE = {"latent": DISCRETE_LATENTS}
-_ADVERSARIAL = {"objective": ("aae", "wae_gan")}
-_CRITIC = {"objective": ("aae", "wae_gan", "mask_aae")}  # rows with a network on the codes
+_LABEL_AAES = ("aae_supervised", "aae_semi", "aae_cluster")
+_ADVERSARIAL = {"objective": ("aae", "wae_gan", *_LABEL_AAES)}
+_CRITIC = {"objective": ("aae", "wae_gan", "mask_aae", *_LABEL_AAES)}  # rows with a network on the codes
 _MASK = {"objective": ("mask_aae",)}
 
 
@@ -154,6 +156,11 @@ class LatentConfig:
                                     applies=_MASK)
     mask_poly_every: int = option(50, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
                                   "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
+    # the AAE's label variants (objectives_labels.py)
+    label_classes: int = option(10, "AAE label variants: classes K of the label / categorical part of the code "
+                                "(clustering: clusters)", ge=2, applies={"latent": ("style_label", "style_category")})
+    labels_per_class: int = option(10, "semi-supervised AAE: labelled training examples per class (a seeded, "
+                                   "stratified draw)", ge=1, applies={"objective": ("aae_semi",)})
     # objective weights (objectives_mmd.py, objectives_iwae.py, objectives_mae.py)
     mmd_weight: float = option(10.0, "WAE-MMD: weight lambda of MMD(codes, prior draws)", ge=0,
                                applies={"objective": ("wae_mmd",)})

@@ -27,6 +27,7 @@ from .config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict, to_t
 from .data.errors import DataError, check_split_sizes, describe_drops
 from .grammar.teacher_mask import warm_training_masks
 from .io import write_json, write_text
+from .labels import label_metrics, training_data
 from .objectives_adversarial import adversarial_metrics, is_adversarial
 from .objectives_mask import is_masked, mask_report
 from .registry import DOMAINS, MODELS, SAMPLERS
@@ -143,6 +144,9 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
     trainer = Trainer(model, run.train, run_dir if dist.is_main else None, device, amp_dtype,
                       checkpoint_extra=lambda: checkpoint_payload(run, prepared.codec, meta), dist=dist,
                       progress=progress)
+    # tuples (x, labels, ...) for models whose loss reads labels, else the plain tensors
+    train_data, val_data = training_data(model, prepared, run.train.seed,
+                                         getattr(run.model, "labels_per_class", 10), run.model_name)
     if ckpt is not None:  # every check before anything in the run directory is rewritten
         _check_compatible(ckpt, run, prepared, run_dir)
         _restore(model, trainer, ckpt, run_dir / "checkpoint.pt")
@@ -156,7 +160,7 @@ def train_run(run: RunConfig, run_dir: Path, device: torch.device, amp_dtype: to
         write_json(run_dir / "run.json", {"domain": run.domain, "model": run.model_name, "preset": run.preset, **meta},
                    default=str)
     warm_training_masks(model, prepared.train, prepared.val)  # train_mask = constraints: once per example
-    state = trainer.fit(prepared.train, prepared.val)
+    state = trainer.fit(train_data, val_data)
     train_seconds = state.seconds
     if not dist.is_main:
         return {}
@@ -257,5 +261,6 @@ def evaluate_loaded(loaded: LoadedRun, prepared: Any, device: torch.device, samp
     if is_masked(loaded.model):  # MaskAAE: active dimensions, the mask, mask_trace.png
         history = (loaded.checkpoint.get("trainer") or {}).get("history", [])
         metrics.update(mask_report(loaded.model, history, loaded.run_dir))
+    metrics.update(label_metrics(loaded.model, prepared, device, loaded.run_dir))  # AAE label variants
     return {"model": loaded.run.model_name, "domain": loaded.run.domain,
             "dataset": loaded.run.data.dataset, **metrics}

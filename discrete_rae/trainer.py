@@ -11,9 +11,14 @@ the NaN guard checks every phase's loss; validation and early stopping use ``mod
 Features: AdamW from the model, ReduceLROnPlateau on the validation loss or a linear warm-up /
 decay schedule over a step budget, gradient clipping, bf16 autocast on CUDA, early stopping (best
 weights restored), a fixed number of steps (``max_steps``) and/or a wall-clock budget,
-length-bucketed batches for sequences, tqdm with the loss terms, ``metrics.jsonl`` (one line per
+length-bucketed batches for sequences, data as one tensor or a tuple of aligned tensors, tqdm with the loss terms, ``metrics.jsonl`` (one line per
 epoch), an atomic checkpoint every epoch, exact resume (optimizer, scheduler, RNG states, epoch,
 step), a non-finite loss guard, and DDP when ``torch.distributed`` is initialised.
+
+Data: ``fit(train, val)`` takes one tensor of examples, or a tuple of aligned tensors (e.g.
+images and their labels, for models whose loss reads labels). A tuple is batched row by row
+like one tensor (:func:`take`) and the phases receive the tuple of batches; the trainer never
+looks inside it. One tensor takes exactly the code path it always took.
 
 Crash safety: each epoch ends by writing the checkpoint atomically and only then appending the
 epoch's line to ``metrics.jsonl``; a resumed run rewrites ``metrics.jsonl`` from the history in
@@ -81,8 +86,32 @@ class _LossModule(nn.Module):
         self.model = model
         self._phases = phases
 
-    def forward(self, x: Tensor, step: int, phase: int = 0) -> dict[str, Tensor]:
+    def forward(self, x: Any, step: int, phase: int = 0) -> dict[str, Tensor]:
         return self._phases[phase].loss(x, step)
+
+
+#: Training data: one tensor of examples [N, ...] or a tuple of tensors aligned on dim 0.
+Data = Tensor | tuple[Tensor, ...]
+
+
+def n_examples(data: Data) -> int:
+    """N, the number of examples (rows) of ``data``."""
+    return len(data[0]) if isinstance(data, tuple) else len(data)
+
+
+def take(data: Data, idx: Tensor) -> Data:
+    """Rows ``idx`` of ``data``: ``data[idx]``, or the same rows of every tensor of a tuple."""
+    if isinstance(data, tuple):
+        return tuple(t[idx] for t in data)
+    return data[idx]
+
+
+def check_aligned(data: Data, name: str) -> None:
+    """A tuple's tensors must have one row per example each."""
+    if isinstance(data, tuple):
+        sizes = [len(t) for t in data]
+        if not data or len(set(sizes)) != 1:
+            raise ValueError(f"{name} data: the tensors of a tuple must have the same number of rows, got {sizes}")
 
 
 def model_phases(model: nn.Module) -> list[Any]:
@@ -296,10 +325,12 @@ class Trainer:
             for group, base in zip(opt.param_groups, self._base_lrs[name]):
                 group["lr"] = base * factor
 
-    def _training_lengths(self, data: Tensor) -> Tensor | None:
-        """Lengths for bucketing: padded id sequences of a model with a codec, else None."""
+    def _training_lengths(self, data: Data) -> Tensor | None:
+        """Lengths for bucketing: padded id sequences of a model with a codec, else None
+        (for a tuple: of its first tensor)."""
         if self.cfg.bucket_batches <= 0:
             return None
+        data = data[0] if isinstance(data, tuple) else data
         pad = getattr(getattr(self.model, "codec", None), "pad_index", None)
         if data.dim() != 2 or pad is None:
             log.warning("bucket_batches ignored: the training data are not padded token sequences")
@@ -313,7 +344,9 @@ class Trainer:
             order = order[self.dist.rank::self.dist.world_size]
         return list(order.split(self.cfg.batch_size)) if len(order) else []
 
-    def _to_device(self, x: Tensor) -> Tensor:
+    def _to_device(self, x: Data) -> Data:
+        if isinstance(x, tuple):
+            return tuple(self._to_device(t) for t in x)
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)
@@ -375,18 +408,18 @@ class Trainer:
         if self.dist.world_size > 1:
             torch.manual_seed((self.cfg.seed * 1_000_003 + self.state.epoch) * 1009 + self.dist.rank)
 
-    def _train_epoch(self, data: Tensor, deadline: float) -> dict[str, float]:
+    def _train_epoch(self, data: Data, deadline: float) -> dict[str, float]:
         self.model.train()
         self._seed_rank()
         sums: dict[str, float] = {}
-        batches = self._batches(len(data), self.state.epoch, shuffle=True)
+        batches = self._batches(n_examples(data), self.state.epoch, shuffle=True)
         bar = tqdm(batches, desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.progress, mininterval=1.0, dynamic_ncols=True)
         seen = 0
         for idx in bar:
             extra = self.model.on_step(self.state.step)
             self._set_lr()
-            terms, over = self._train_step(self._to_device(data[idx]), deadline)
+            terms, over = self._train_step(self._to_device(take(data, idx)), deadline)
             self.state.step += 1
             seen += 1
             for k, v in terms.items():
@@ -408,7 +441,7 @@ class Trainer:
         totals = self._all_reduce([float(seen)] + [sums[k] for k in keys])
         return {k: v / max(totals[0], 1) for k, v in zip(keys, totals[1:])}
 
-    def _train_step(self, x: Tensor, deadline: float) -> tuple[dict[str, Tensor], bool]:
+    def _train_step(self, x: Data, deadline: float) -> tuple[dict[str, Tensor], bool]:
         """Every phase on one batch. Returns the logged terms (later phases prefixed with their
         name) and whether the time budget is spent (checked once per step, in the first phase)."""
         logged: dict[str, Tensor] = {}
@@ -427,30 +460,35 @@ class Trainer:
         return logged, over
 
     @torch.no_grad()
-    def evaluate(self, data: Tensor) -> dict[str, float]:
+    def evaluate(self, data: Data) -> dict[str, float]:
         """Mean loss terms over ``data`` in eval mode (no noise, no gradient penalty)."""
         self.model.eval()
         sums: dict[str, float] = {}
         n = 0
-        batches = self._eval_batches(len(data))
+        batches = self._eval_batches(n_examples(data))
         for idx in batches:
-            x = self._to_device(data[idx])
+            x = self._to_device(take(data, idx))
             with self._autocast():
                 terms = self.model.loss(x, self.state.step)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             n += len(idx)
-        if self.dist.world_size > 1 and len(data) >= self.dist.world_size:
+        if self.dist.world_size > 1 and n_examples(data) >= self.dist.world_size:
             keys = sorted(sums)
             totals = self._all_reduce([float(n)] + [sums[k] for k in keys])
             n, sums = int(totals[0]), dict(zip(keys, totals[1:]))
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def fit(self, train: Tensor, val: Tensor) -> TrainState:
-        """Train until epochs, max_steps, early stopping or the time budget; restores the best weights."""
+    def fit(self, train: Data, val: Data) -> TrainState:
+        """Train until epochs, max_steps, early stopping or the time budget; restores the best weights.
+
+        ``train`` / ``val``: one tensor of examples or a tuple of aligned tensors (module docstring).
+        """
         cfg, s = self.cfg, self.state
+        check_aligned(train, "training")
+        check_aligned(val, "validation")
         self._lengths = self._training_lengths(train)
-        by_epochs = cfg.epochs * self._steps_per_epoch(len(train))
+        by_epochs = cfg.epochs * self._steps_per_epoch(n_examples(train))
         self._total_steps = min(cfg.max_steps, by_epochs) if cfg.max_steps > 0 else by_epochs
         start = time.monotonic() - s.seconds
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf

@@ -161,6 +161,18 @@ ROWS: tuple[Row, ...] = (
         "masked codes vs masked N(0, I) draws, variance penalty on masked-off dimensions, masked-prior sampling "
         "(Mondal et al. 2020)", _code(0.0), _NORMAL,
         ("mask_aae", {"critic_steps": 5, "critic_gp": 10.0, "mask_var_weight": 100.0}), _NONE, "prior"),
+    # --- the AAE's label variants (objectives_labels.py; images only: they read class labels)
+    Row("aae_supervised", "supervised AAE: the one-hot label and a style code z enter the decoder, z matched to "
+        "N(0, I) by a discriminator (Makhzani et al. 2016, sec. 5); images with class labels",
+        ("style_label", {"beta": 0.0, "label_classes": 10}), "label_normal", ("aae_supervised", {"adv_weight": 1.0}),
+        _NONE, "prior", families=("images",)),
+    Row("aae_semi", "semi-supervised AAE: a categorical head y and a style z, discriminators y vs one-hot and z vs "
+        "N(0, I), cross-entropy on 10 labels per class (Makhzani et al. 2016, sec. 6); images with class labels",
+        ("style_category", {"beta": 0.0, "label_classes": 10}), "label_normal",
+        ("aae_semi", {"adv_weight": 1.0, "labels_per_class": 10}), _NONE, "prior", families=("images",)),
+    Row("aae_cluster", "clustering AAE: the semi-supervised AAE without labels, 16 clusters = argmax of the head "
+        "(Makhzani et al. 2016, sec. 7); images", ("style_category", {"beta": 0.0, "label_classes": 16}),
+        "label_normal", ("aae_cluster", {"adv_weight": 1.0}), _NONE, "prior", families=("images",)),
     # --- part 1 of the family (objectives): objectives_mmd.py, objectives_iwae.py, objectives_mae.py
     # WAE-MMD: lambda on this toolkit's summed-nll scale. The paper's 10 multiplies a squared error
     # summed over pixels; our default pixel nll is that error / (2 sigma^2) with sigma = 0.1, i.e.
