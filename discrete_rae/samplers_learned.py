@@ -371,7 +371,11 @@ class WGANSampler(LearnedSampler):
         L_C = E[C(g(e))] - E[C(x)] + lambda E[(||grad C(x_hat)||_2 - 1)^2],   lambda = 10,
         x_hat = t x + (1 - t) g(e),   t ~ U(0, 1),
 
-    then one generator step on L_g = -E[C(g(e))]; both with Adam(lr 1e-4, betas (0, 0.9)).
+    then one generator step on L_g = -E[C(g(e))]; both with Adam(lr 2e-4, betas (0, 0.9)).
+    Budget: 4,000 steps, patience 40 evaluations. Why: on the codes of an 800-step RAE-L2 on
+    mnist5k (16-D), the earlier 1,000 steps at lr 1e-4 (patience 10) gave sample Fréchet 170.2
+    (GMM: 49.3); 2e-4 with a longer budget reached its best held-out energy distance at step
+    3,200 and Fréchet 56.4 (precision / recall 0.875 / 0.897 vs the GMM's 0.900 / 0.819).
     The critic's loss does not tell how good the generator is across steps, so the held-out
     criterion is the energy distance between ``n_eval`` generated codes (fixed noise) and the
     held-out codes. Sampling: e ~ N(0, I), code = g(e). There is no ``log_prob``: a generator
@@ -382,9 +386,9 @@ class WGANSampler(LearnedSampler):
     name = "wgan"
 
     def __init__(self, hidden: int = 256, layers: int = 3, noise_dim: int = 0, n_critic: int = 5,
-                 gp_weight: float = 10.0, steps: int = 1000, batch_size: int = 256, lr: float = 1e-4,
+                 gp_weight: float = 10.0, steps: int = 4000, batch_size: int = 256, lr: float = 2e-4,
                  betas: tuple[float, float] = (0.0, 0.9), val_fraction: float = 0.1, eval_every: int = 50,
-                 patience: int = 10, n_eval: int = 1000) -> None:
+                 patience: int = 40, n_eval: int = 1000) -> None:
         super().__init__(steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                          eval_every=eval_every, patience=patience, hidden=hidden, layers=layers,
                          noise_dim=noise_dim, n_critic=n_critic, gp_weight=gp_weight,
