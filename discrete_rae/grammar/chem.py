@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from .chem_rules import (AROMATIC_CAP, BIG, BRACKET_NTS, BRACKET_VALENCE, CTX_ISO, CTX_NONE, ELEMENTS, GRID,
-                         ORGANIC_CAP, chem_tables, chem_tables_cached, uses_aromatic_atoms)
+                         H_EL, ORGANIC_CAP, chem_tables, chem_tables_cached, uses_aromatic_atoms)
 from .packs import Pack, Taken, base_columns, cached, merge_pack, per_candidate
 from .ring import DIGITS, RingClosureState, _rule_columns, ring_columns, scatter_rules
 
@@ -68,7 +68,7 @@ def chem_columns(grammar: Any, tab: dict[str, Any]) -> tuple[dict[str, Tensor], 
     ``new_cap`` as in :func:`chem_tables`, ``sel`` which atoms close the rings when the next atom
     owes them (2: the rule makes the owner its parent, else 1), ``kidx`` bond order - 1 (clamped
     to 0..2); bool ``fixcap`` (the rule writes an organic atom: its capacity is known),
-    ``next_ring``, ``bondk`` (a bond-symbol rule)."""
+    ``next_ring``, ``bondk`` (a bond-symbol rule), ``chiral`` (it writes a chirality tag)."""
     cand = grammar._decode_tensors(torch.device("cpu"))["cand"]
     k1 = (tab["bond_k"] - 1).clamp(min=0)
     rule = {"k1": k1, "add_ok1": tab["add_o"] + k1 + FORBID * tab["forbidden"].long(), "add_o": tab["add_o"],
@@ -76,7 +76,7 @@ def chem_columns(grammar: Any, tab: dict[str, Any]) -> tuple[dict[str, Tensor], 
             "sel": 1 + (tab["next_ring"] & tab["parent"]).long(), "kidx": tab["bond_k"].clamp(1, 3) - 1,
             "pbits": _grid_bits(tab["permit"]), "el": tab["el"], "digit": tab["digit"]}
     flags = {"fixcap": tab["creates"] & ~tab["opens_bracket"], "next_ring": tab["next_ring"],
-             "bondk": tab["bond_k"] > 0, "bracket": tab["bracket"]}
+             "bondk": tab["bond_k"] > 0, "bracket": tab["bracket"], "chiral": tab["chiral"]}
     return ({k: per_candidate(cand, v) for k, v in rule.items()},
             {k: per_candidate(cand, v) for k, v in flags.items()})
 
@@ -342,7 +342,8 @@ class ChemState:
         the atom room for the bonds already committed to it (``used_l`` [B, 1]) plus the orders of
         the ring closures it will have to make when no atom is to come (as seen from the first
         bracket rule). Cell sets are GRID-bit masks (:func:`bracket_bits`); rows writing no bracket
-        interior get all True (their candidates are no bracket, element or H-count / charge rules)."""
+        interior get all True (their candidates are no bracket, element or H-count / charge rules).
+        On a hydrogen (element chosen before the tags), the rules writing a chirality tag are out."""
         grid = self._grid
         cost = (torch.where(self.ring_explicit, self.ring_order, 1) * is_open).sum(1, keepdim=True)
         if self._bracket_cols.numel():
@@ -362,6 +363,8 @@ class ChemState:
         digit = T.l("digit")
         dcells = grid["digit"].index_select(0, (self.dctx * 10 + digit.clamp(min=0)).view(-1)).view(digit.shape)
         ok &= (digit < 0) | (self.dctx == CTX_NONE) | ((fit & dcells) != 0)
+        # RDKit rejects a chirality tag on a bracket hydrogen ([H@], [H@@H0]); real molecules have none
+        ok &= ~T.b("chiral") | (self.br_el != H_EL)
         return ok
 
     def _r0(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chem import CTX_ISO, CTX_NONE, ELEMENTS
+from .chem_rules import H_EL
 from .ring import DIGITS
 
 
@@ -183,6 +184,8 @@ class ReferenceDecoder:
         is_el, is_digit = c["el"][r] >= 0, c["digit"][r] >= 0
         if not (c["bracket"][r] or is_el or is_digit):
             return True
+        if c["chiral"][r] and self.br_el == H_EL:  # no chirality tag on a bracket hydrogen
+            return False
         need = self.used[max(self.n_atoms - 1, 0)] + self._ring_need()
         score = c["score"]
         fit = [g in self.cells and score[self.br_el][g] >= need for g in range(30)]

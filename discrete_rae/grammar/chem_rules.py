@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .ring import DIGITS
 
-__all__ = ["ORGANIC_CAP", "AROMATIC_CAP", "BRACKET_VALENCE", "ELEMENTS", "chem_tables", "chem_tables_cached",
+__all__ = ["ORGANIC_CAP", "AROMATIC_CAP", "BRACKET_VALENCE", "ELEMENTS", "H_EL", "chem_tables", "chem_tables_cached",
            "uses_aromatic_atoms"]
 
 #: organic-subset atoms written without brackets: largest bond-order sum RDKit accepts
@@ -27,6 +27,8 @@ BRACKET_VALENCE = {"B": (4, 3, 2), "C": (3, 4, 3), "N": (2, 3, 4), "O": (1, 2, 3
                    "P": (6, 5, 4), "F": (0, 1, 2), "I": (6, 5, 6), "Cl": (0, 1, 6), "Br": (0, 1, 6),
                    "H": (-1, 1, -1)}
 ELEMENTS = ("B", "C", "N", "O", "S", "P", "F", "I", "Cl", "Br", "H", "c", "n", "o", "s")
+H_EL = ELEMENTS.index("H")  # RDKit rejects a chirality tag on a bracket hydrogen ([H@], [H@@H0]C)
+CHIRAL_SYMBOLS = frozenset({"chiral", "@", "@@"})  # a rule writing one of them writes a chirality tag
 N_H = 10  # explicit H counts 0..9 in the bracket grid
 CHARGES = (-1, 0, 1)
 GRID = N_H * len(CHARGES)  # cell g = h * 3 + (q + 1)
@@ -135,7 +137,8 @@ def chem_tables(grammar: Any, aromatic: bool = False) -> dict[str, Any] | None:
     ``bond_k`` [R] order of a bond symbol (0: not a bond rule); ``bond_ctx`` [R] 1/0: it pushes a
     ring / chain ``bond``, -1 none; ``dctx`` [R] DIGIT context it sets (-1: keeps it); ``digit``
     [R] value of a ``DIGIT`` rule; ``bracket`` [R] bracket-interior rule; ``el`` [R] element index
-    it chooses for a bracket atom; ``permit`` [R, GRID]; ``forbidden`` [R].
+    it chooses for a bracket atom; ``chiral`` [R] it writes a chirality tag (forbidden on H);
+    ``permit`` [R, GRID]; ``forbidden`` [R].
     """
     nts = {p.lhs().symbol() for p in grammar.productions}
     if not {CHAIN_TAIL, "bond", "RB", "BB"} <= nts:
@@ -144,7 +147,7 @@ def chem_tables(grammar: Any, aromatic: bool = False) -> dict[str, Any] | None:
     K = max(1, max(sum(isinstance(s, Nonterminal) for s in p.rhs()) for p in grammar.productions))
     maxcap = max(list(ORGANIC_CAP.values()) + ([*AROMATIC_CAP.values()] if aromatic else []))
     t: dict[str, Any] = {k: torch.zeros(R, dtype=torch.long) for k in ("add_o", "add_n", "bond_k", "new_cap")}
-    for k in ("parent", "creates", "opens_bracket", "bracket", "forbidden"):
+    for k in ("parent", "creates", "opens_bracket", "bracket", "chiral", "forbidden"):
         t[k] = torch.zeros(R, dtype=torch.bool)
     for k in ("bond_ctx", "dctx", "digit", "el"):
         t[k] = torch.full((R,), -1, dtype=torch.long)
@@ -203,6 +206,9 @@ def chem_tables(grammar: Any, aromatic: bool = False) -> dict[str, Any] | None:
         t["bracket"][r] = lhs in BRACKET_NTS
         if lhs in ELEMENT_NTS and terms and terms[0] in ELEMENTS and not isinstance(rhs[0], Nonterminal):
             t["el"][r] = ELEMENTS.index(terms[0])
+        t["chiral"][r] = lhs in BRACKET_NTS and any(
+            (s.symbol() if isinstance(s, Nonterminal) else s) in CHIRAL_SYMBOLS for s in rhs)
+        t["forbidden"][r] |= bool(t["chiral"][r]) and int(t["el"][r]) == H_EL  # H and its tag in one rule
     dperm = torch.ones(5, 10, GRID, dtype=torch.bool)  # DIGIT d in each context -> allowed cells
     dperm[CTX_ISO, 0] = False
     for d in range(10):
