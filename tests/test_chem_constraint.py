@@ -253,6 +253,16 @@ def test_real_molecules_are_never_blocked_full() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_batched_masks_equal_the_per_sample_reference(seed: int) -> None:
     """Every step's mask of the batched states equals the pure-Python reference's, row by row."""
+    _compare_with_reference(seed)
+
+
+def test_batched_masks_equal_the_reference_on_bracket_hydrogens() -> None:
+    """Same, with logits pushed towards bracket atoms, bracket H and chirality tags (the H / tag rule)."""
+    texts = _compare_with_reference(5, ("'[' BAI ']'", "symbol -> 'H'", "BAI -> symbol BAC", "'@'", "chiral"))
+    assert any("[H" in (t or "") for t in texts)  # the case under test was reached
+
+
+def _compare_with_reference(seed: int, favour: tuple[str, ...] = ()) -> list[str | None]:
     from discrete_rae.grammar.chem_reference import ReferenceDecoder
 
     B, L = 24, 70
@@ -260,6 +270,9 @@ def test_batched_masks_equal_the_per_sample_reference(seed: int) -> None:
     g = codec.grammar
     chem = chem_tables(g, aromatic=False)
     logits = torch.randn(B, L, g.n_rules, generator=torch.Generator().manual_seed(seed))
+    for r, p in enumerate(g.productions):
+        if any(f in str(p) for f in favour):
+            logits[:, :, r] += 3.0
     state = codec.new_state(B)
     refs = [ReferenceDecoder(g, codec._ring_tables, chem, L) for _ in range(B)]
     for t in range(L):
@@ -274,6 +287,7 @@ def test_batched_masks_equal_the_per_sample_reference(seed: int) -> None:
             break
     assert [ref.fell_back for ref in refs] == state.fallback_rows.tolist()
     assert [ref.done for ref in refs] == state.done.tolist()
+    return codec.to_text(state.ids, state.done)
 
 
 # --------------------------------------------------------------------------------- Kekule data
