@@ -50,7 +50,7 @@ ROWS = {"supervised": "aae_supervised", "semi": "aae_semi", "cluster": "aae_clus
 
 def run_config(row: str, args: argparse.Namespace) -> Any:
     model = {"latent_dim": args.style_dim} if args.style_dim > 0 else {}
-    if args.mi_weight > 0 and row in ("aae_semi", "aae_cluster"):
+    if args.mi_weight is not None and row in ("aae_semi", "aae_cluster"):
         model["cluster_mi_weight"] = args.mi_weight
     return resolve_run_config("images", row, "quick", None, {
         "model": model, "train": {"max_steps": args.steps, "seed": args.seed, "max_minutes": 30.0},
@@ -166,8 +166,9 @@ def main() -> None:
     parser.add_argument("--which", default="supervised,semi,cluster")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style-dim", type=int, default=0, help="style code size D (--latent-dim; 0 = the preset's 16)")
-    parser.add_argument("--mi-weight", type=float, default=0.0,
-                        help="aae_semi / aae_cluster: --cluster-mi-weight (0 = the AAE paper's objective)")
+    parser.add_argument("--mi-weight", type=float, default=None,
+                        help="aae_semi / aae_cluster: --cluster-mi-weight (default: the row's, 1000 for aae_cluster "
+                             "and 0 for aae_semi; 0 = the AAE paper's objective)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-dir", default="runs/aae_labels")
     args = parser.parse_args()

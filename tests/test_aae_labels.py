@@ -221,7 +221,10 @@ def test_batch_mutual_information_bounds() -> None:
 
 
 def test_the_mutual_information_term_enters_the_clustering_loss_only_when_asked(prepared_for):
-    run, prepared, model = _model(prepared_for, "aae_cluster")
+    run, prepared, _ = _model(prepared_for, "aae_cluster")
+    assert run.model.cluster_mi_weight == 1000.0  # the row's default (README: measured)
+    torch.manual_seed(0)
+    model = MODELS.get("aae_cluster").build(replace(run.model, {"cluster_mi_weight": 0.0}), prepared.codec)
     x = prepared.train[:16]
     plain = model.objective.main_terms(model, x, 0)
     assert "neg_mi" not in plain
