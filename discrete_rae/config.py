@@ -159,6 +159,10 @@ class LatentConfig:
     # the AAE's label variants (objectives_labels.py)
     label_classes: int = option(10, "AAE label variants: classes K of the label / categorical part of the code "
                                 "(clustering: clusters)", ge=2, applies={"latent": ("style_label", "style_category")})
+    cluster_mi_weight: float = option(0.0, "clustering / semi-supervised AAE: weight w of -w * I(x; y) in the main "
+                                      "loss, I = H(mean y) - mean H(y) over the batch (keeps every category in "
+                                      "use and each y confident; IMSAT, Hu et al. 2017); 0 = the AAE paper",
+                                      ge=0, applies={"objective": ("aae_semi", "aae_cluster")})
     labels_per_class: int = option(10, "semi-supervised AAE: labelled training examples per class (a seeded, "
                                    "stratified draw)", ge=1, applies={"objective": ("aae_semi",)})
     # objective weights (objectives_mmd.py, objectives_iwae.py, objectives_mae.py)

@@ -158,6 +158,20 @@ def images_of(batch: Any) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def batch_mutual_information(y: Tensor) -> Tensor:
+    """I(x; y) estimated on a batch of category probabilities y [B, K] (rows sum to 1):
+
+        I = H(mean_i y_i) - mean_i H(y_i)        (nats; 0 <= I <= log K)
+
+    The first term is largest when the batch uses every category equally, the second when each
+    y_i is one-hot; maximising I is the clustering criterion of IMSAT (Hu et al. 2017). The AAE
+    paper has no such term: it is an option here because, at a CPU budget, the categorical
+    discriminator alone let the head settle on 6 of 16 clusters (README)."""
+    p = y.float().clamp_min(1e-8)
+    marginal = p.mean(0)
+    return -(marginal * marginal.log()).sum() + (p * p.log()).sum(-1).mean()
+
+
 # --- objectives ------------------------------------------------------------------------------
 class _LabelAAE(AdversarialAutoencoder):
     """Shared parts: the style discriminator on z (the AAE's), code = [y, z] (module docstring)."""
@@ -278,9 +292,19 @@ class ClusterAAE(_LabelAAE):
 
     category_game = True
 
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.mi_weight = float(getattr(cfg, "cluster_mi_weight", 0.0))
+
     def main_terms(self, model: Any, batch: Any, step: int) -> dict[str, Tensor]:
+        """rec (+ mi_weight * -I(x; y) when the option is on)."""
         x = images_of(batch)
-        return self.main_loss(self.reconstruction(model, x, model.latent(model.encoder(x)).z))
+        code = model.latent(model.encoder(x)).z
+        rec = self.reconstruction(model, x, code)
+        if self.mi_weight <= 0:
+            return self.main_loss(rec)
+        mi = batch_mutual_information(code[:, : self.n_labels])
+        return self.main_loss(rec, neg_mi=-self.mi_weight * mi)
 
 
 @OBJECTIVES.register("aae_semi")

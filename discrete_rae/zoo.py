@@ -171,8 +171,10 @@ ROWS: tuple[Row, ...] = (
         ("style_category", {"beta": 0.0, "label_classes": 10}), "label_normal",
         ("aae_semi", {"adv_weight": 1.0, "labels_per_class": 10}), _NONE, "prior", families=("images",)),
     Row("aae_cluster", "clustering AAE: the semi-supervised AAE without labels, 16 clusters = argmax of the head "
-        "(Makhzani et al. 2016, sec. 7); images", ("style_category", {"beta": 0.0, "label_classes": 16}),
-        "label_normal", ("aae_cluster", {"adv_weight": 1.0}), _NONE, "prior", families=("images",)),
+        "(Makhzani et al. 2016, sec. 7), plus 1000 x the batch mutual information I(x; y) (IMSAT; "
+        "--cluster-mi-weight 0 is the paper's objective); images", ("style_category", {"beta": 0.0, "label_classes": 16}),
+        "label_normal", ("aae_cluster", {"adv_weight": 1.0, "cluster_mi_weight": 1000.0}), _NONE, "prior",
+        families=("images",)),
     # --- part 1 of the family (objectives): objectives_mmd.py, objectives_iwae.py, objectives_mae.py
     # WAE-MMD: lambda on this toolkit's summed-nll scale. The paper's 10 multiplies a squared error
     # summed over pixels; our default pixel nll is that error / (2 sigma^2) with sigma = 0.1, i.e.

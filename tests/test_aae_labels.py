@@ -203,3 +203,35 @@ def test_cli_run_reports_the_label_swap_accuracy_and_draws_the_grid(tmp_path):
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert 0.0 <= metrics["label_swap_accuracy"] <= 1.0 and 0.0 <= metrics["head_accuracy"] <= 1.0
     assert (tmp_path / "s" / "label_grid.png").is_file()
+
+
+def test_batch_mutual_information_bounds() -> None:
+    import math
+
+    from discrete_rae.objectives_labels import batch_mutual_information
+
+    k = 4
+    confident_balanced = torch.eye(k).repeat(3, 1)  # every category used equally, each y one-hot
+    assert float(batch_mutual_information(confident_balanced)) == pytest.approx(math.log(k), abs=1e-4)
+    collapsed = torch.zeros(12, k)
+    collapsed[:, 1] = 1.0  # one category for every example: no information about x
+    assert float(batch_mutual_information(collapsed)) == pytest.approx(0.0, abs=1e-4)
+    uncertain = torch.full((12, k), 1.0 / k)  # balanced on average but no example is assigned
+    assert float(batch_mutual_information(uncertain)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_mutual_information_term_enters_the_clustering_loss_only_when_asked(prepared_for):
+    run, prepared, _ = _model(prepared_for, "aae_cluster")
+    assert run.model.cluster_mi_weight == 1000.0  # the row's default (README: measured)
+    torch.manual_seed(0)
+    model = MODELS.get("aae_cluster").build(replace(run.model, {"cluster_mi_weight": 0.0}), prepared.codec)
+    x = prepared.train[:16]
+    plain = model.objective.main_terms(model, x, 0)
+    assert "neg_mi" not in plain
+    weighted = MODELS.get("aae_cluster").build(replace(run.model, {"cluster_mi_weight": 5.0}), prepared.codec)
+    weighted.load_state_dict(model.state_dict())
+    terms = weighted.objective.main_terms(weighted, x, 0)
+    assert float(terms["neg_mi"]) < 0  # -w * I with I > 0 on a fresh head
+    assert float(terms["loss"]) == pytest.approx(float(plain["loss"]) + float(terms["neg_mi"]), rel=1e-5)
+    with pytest.raises((ConfigError, UsageError), match="cluster-mi-weight"):
+        resolve_run_config("images", "aae_supervised", "smoke", None, {"model": {"cluster_mi_weight": 1.0}})
