@@ -76,6 +76,7 @@ from torch import Tensor, nn
 
 from .config import CONTINUOUS_LATENTS
 from .errors import ConfigError
+from .nn.critic import unit_gradient_penalty
 from .objectives import Penalized, Phase
 from .objectives_adversarial import Discriminator
 from .registry import OBJECTIVES
@@ -149,8 +150,7 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, weight: floa
     """
     u = torch.rand(real.shape[0], 1, device=real.device)
     xhat = (real + u * (fake - real)).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
-    return weight * (grad.norm(dim=-1) - 1.0).pow(2).mean()
+    return weight * unit_gradient_penalty(critic, xhat)
 
 
 def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .nn.critic import unit_gradient_penalty
 from .registry import SAMPLERS
 from .samplers import Sampler
 
@@ -420,8 +421,7 @@ class WGANSampler(LearnedSampler):
             fake = self.nets["generator"](torch.randn(len(real), self.noise_dim, generator=gen))
         t = torch.rand(len(real), 1, generator=gen)
         mix = (t * real + (1 - t) * fake).requires_grad_(True)
-        grad, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
-        penalty = (grad.norm(dim=-1) - 1).pow(2).mean()
+        penalty = unit_gradient_penalty(critic, mix)
         return critic(fake).mean() - critic(real).mean() + self.options["gp_weight"] * penalty
 
     def _train_step(self, batch: Tensor, gen: torch.Generator) -> float:

@@ -11,9 +11,10 @@ the NaN guard checks every phase's loss; validation and early stopping use ``mod
 Features: AdamW from the model, ReduceLROnPlateau on the validation loss or a linear warm-up /
 decay schedule over a step budget, gradient clipping, bf16 autocast on CUDA, early stopping (best
 weights restored), a fixed number of steps (``max_steps``) and/or a wall-clock budget,
-length-bucketed batches for sequences, data as one tensor or a tuple of aligned tensors, tqdm with the loss terms, ``metrics.jsonl`` (one line per
-epoch), an atomic checkpoint every epoch, exact resume (optimizer, scheduler, RNG states, epoch,
-step), a non-finite loss guard, and DDP when ``torch.distributed`` is initialised.
+length-bucketed batches for sequences, data as one tensor or a tuple of aligned tensors, tqdm
+with the loss terms, ``metrics.jsonl`` (one line per epoch), an atomic checkpoint every epoch,
+exact resume (optimizer, scheduler, RNG states, epoch, step), a non-finite loss guard, and DDP
+when ``torch.distributed`` is initialised.
 
 Data: ``fit(train, val)`` takes one tensor of examples, or a tuple of aligned tensors (e.g.
 images and their labels, for models whose loss reads labels). A tuple is batched row by row

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+
+from resume_exact import assert_same_training, resume_runs
 
 from discrete_rae.cli import main
 from discrete_rae.config import replace
@@ -126,32 +127,12 @@ def test_a_discrete_latent_is_refused(prepared_for):
         AdversarialAutoencoder(cfg)
 
 
-def _fit(prepared_for, run_dir: Path | None, epochs: int, resume_from: dict | None = None):
-    run, prepared, model = _model(prepared_for, "aae", latent="gaussian")  # noise in every phase
-    cfg = replace(run.train, {"epochs": epochs, "early_stop": 0, "seed": 3})
-    trainer = Trainer(model, cfg, run_dir, torch.device("cpu"), progress=False)
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model_state"])
-        trainer.load_state_dict(resume_from["trainer"])
-    trainer.fit(prepared.train, prepared.val)
-    return trainer, model
-
-
 def test_aae_resume_is_exact_with_every_optimizer(prepared_for, tmp_path):
-    (tmp_path / "ref").mkdir()
-    ref_trainer, ref = _fit(prepared_for, tmp_path / "ref", 2)
-    (tmp_path / "part").mkdir()
-    _fit(prepared_for, tmp_path / "part", 1)
-    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    ref_trainer, ref, ckpt, resumed_trainer, resumed = resume_runs(
+        lambda: _model(prepared_for, "aae", latent="gaussian"), tmp_path)  # noise in every phase
     assert set(ckpt["trainer"]["optimizers"]) == {"main", "discriminator", "generator"}
     assert any(k.startswith("objective.discriminator.") for k in ckpt["model_state"])
-    resumed_trainer, resumed = _fit(prepared_for, tmp_path / "part", 2, resume_from=ckpt)
-    for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(a, b), k
-    for name, opt in ref_trainer.optimizers.items():
-        a, b = opt.state_dict()["state"], resumed_trainer.optimizers[name].state_dict()["state"]
-        assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a), name
-    assert [r["train"] for r in ref_trainer.state.history] == [r["train"] for r in resumed_trainer.state.history]
+    assert_same_training(ref_trainer, ref, resumed_trainer, resumed)
 
 
 @pytest.mark.slow
