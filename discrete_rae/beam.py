@@ -102,7 +102,10 @@ class _Stepper:
     def advance(self, tokens: Tensor, index: Tensor) -> None:
         """Rows ``index`` [N] survive and take ``tokens`` [N]."""
         if self.autoregressive:
-            self.h = self._h_next.index_select(1, index)
+            # GRU: h [layers, N, H]; LSTM: the pair (h, c), each [layers, N, H]
+            h = self._h_next
+            self.h = (tuple(part.index_select(1, index) for part in h) if isinstance(h, tuple)
+                      else h.index_select(1, index))
             self.prev = tokens
         self.t += 1
 

@@ -15,8 +15,11 @@ SMOKE = dict(enc_hidden=32, latent_dim=6, dec_hidden=32, embed_dim=8, conv_chann
 
 
 def _model(codec, decoder: str = "gru", seed: int = 0):
+    """``decoder`` "gru" / "repeat", or "lstm": the autoregressive decoder with the LSTM cell
+    (its state is the pair (h, c), which the beam must reorder as one)."""
     torch.manual_seed(seed)
-    cfg = SequenceModelConfig(codec=codec.kind, latent="deterministic", decoder=decoder, **SMOKE)
+    cell = {"lstm": {"decoder": "gru", "decoder_cell": "lstm"}}.get(decoder, {"decoder": decoder})
+    cfg = SequenceModelConfig(codec=codec.kind, latent="deterministic", **cell, **SMOKE)
     return build_sequence_model(cfg, codec).eval()
 
 
@@ -37,6 +40,7 @@ CASES = {
     "smiles-masks-gru": (lambda: _grammar_codec("smiles", 60), "gru"),
     "smiles-nomask-gru": (lambda: _grammar_codec("smiles", 40, length_mask=False, ring_mask=False), "gru"),
     "compact-repeat": (lambda: _grammar_codec("smiles_compact", 50), "repeat"),
+    "compact-lstm": (lambda: _grammar_codec("smiles_compact", 50), "lstm"),
     "expressions-gru": (lambda: _grammar_codec("expressions", 15), "gru"),
     "char-gru": (lambda: CharCodec.fit(["CCO", "c1ccccc1", "CC(=O)N"], max_length=20), "gru"),
     "selfies-gru": (_selfies_codec, "gru"),
