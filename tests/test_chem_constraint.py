@@ -314,3 +314,53 @@ def test_kekule_cache_key_differs(tmp_path: Path) -> None:
     args = (tmp_path, "0" * 64, None, 10, 0, True)
     assert _load_cache_path(*args) != _load_cache_path(*args, kekulize=True)
     assert _load_cache_path(*args) == _load_cache_path(*args, kekulize=False)
+
+
+# --------------------------------------------------------------------------------- near the length limit
+
+
+def _finish_near_the_limit(prefix: list[str], max_length: int, favour: tuple[str, ...]) -> tuple[int, list[str | None]]:
+    """Push the rules ``prefix`` (by text) into 64 rows, then decode the rest greedily from random logits
+    raised on the rules ``favour`` (towards ring bonds): (rows the constraints left no rule, texts)."""
+    codec = _codec(max_length)
+    g = codec.grammar
+    index = {str(p): r for r, p in enumerate(g.productions)}
+    B = 64
+    state = codec.new_state(B)
+    for text in prefix:
+        assert bool(state.allowed()[:, index[text]].all()), text
+        state.push(torch.full((B,), index[text]))
+    logits = torch.randn(B, max_length, g.n_rules, generator=torch.Generator().manual_seed(0))
+    for r, p in enumerate(g.productions):
+        if any(f in str(p) for f in favour):
+            logits[:, :, r] += 4.0
+    for t in range(len(prefix), max_length):
+        state.push(select(logits[:, t], state.allowed()))
+        if state.complete:
+            break
+    return int(state.fallback_rows.sum()), codec.to_text(state.ids, state.done)
+
+
+@pytest.mark.parametrize("max_length", [7, 8])
+def test_a_ring_owed_with_no_ring_open_needs_room_to_close(max_length: int) -> None:
+    """``CC`` with ``chain_tail -> branched_atom chain_tail`` pending: ``branched_atom -> atom RB``
+    owes a ring digit that can only open a ring, which a later atom must close: two rules more than
+    the grammar's minimum. The old length test (open rings minus owed digits, clamped at 0) let it
+    through at these limits and the row ran out of rules; now it is masked and every row finishes."""
+    prefix = ["smiles -> branched_atom chain_tail", "branched_atom -> 'C'", "chain_tail -> branched_atom chain_tail"]
+    fell_back, texts = _finish_near_the_limit(prefix, max_length, ("atom RB", "RB ->", "ringbond ->"))
+    assert fell_back == 0 and all(_valid(t) for t in texts), texts[:4]
+
+
+def test_rings_from_one_atom_need_closers_that_can_take_ring_bonds() -> None:
+    """``C12`` (two rings from one atom): an ``atom`` pushed without ring bonds (``chain_tail ->
+    atom BB``) cannot close a ring, so it no longer counts as one of the two distinct closing atoms
+    the rings need. The cheapest way on, ``C12C(C1C2)``, takes 16 rules: at limits 14 and 15 the rule
+    is masked (the old test allowed it, and the row then ran out of rules), at 16 it passes."""
+    prefix = ["smiles -> branched_atom chain_tail", "branched_atom -> atom RB", "atom -> 'C'",
+              "RB -> ringbond RB_tail", "ringbond -> '1'", "RB_tail -> '2'"]
+    for max_length in (14, 15):
+        assert not _allowed_after(_codec(max_length), prefix)["chain_tail -> atom BB"], max_length
+    assert _allowed_after(_codec(16), prefix)["chain_tail -> atom BB"]
+    codec = _codec(16)
+    assert len(codec.grammar.parse("C12C(C1C2)")) == 16 and first_blocked(codec, "C12C(C1C2)") is None

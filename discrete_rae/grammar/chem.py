@@ -332,10 +332,12 @@ class ChemState:
         shared = (eq & is_open.unsqueeze(1)).sum(2) * is_open  # [B, 10] open rings from each one's atom
         mult = shared.amax(1, keepdim=True)  # [B, 1] most open rings from one atom
         ob_after = ctx["ob_after"]
-        atoms_after = self.ring.atoms + T.l("datom")
-        more_atoms = (mult - ctx["closing"].long() - atoms_after - (ob_after > 0).long()).clamp(min=0)
+        # closers: the atom owing ring bonds, and one atom per pending symbol sure to write an atom
+        # that can still get a ring bond (an ``atom`` whose ring bonds were not pushed cannot)
+        closers = self.ring.closers + T.l("dclose")
+        more_atoms = (mult - ctx["closing"].long() - closers - (ob_after > 0).long()).clamp(min=0)
         # the pad rule under ``Nothing`` always fits (its dmin is -FAR)
-        return torch.add(ctx["after"], ctx["diff"].clamp(min=0) + more_atoms, alpha=2) <= st.max_length - st.t - 1
+        return torch.add(ctx["after"], ctx["extra"] + more_atoms, alpha=2) <= st.max_length - st.t - 1
 
     def _bracket_ok(self, T: Taken, ctx: dict[str, Tensor], used_l: Tensor, is_open: Tensor) -> Tensor:
         """[B, C] inside a bracket atom, a rule only if some H count / charge it leaves possible gives

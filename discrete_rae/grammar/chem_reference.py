@@ -43,7 +43,7 @@ class ReferenceDecoder:
         self.pending = False
         top = self.top()
         self.cap, self.ob, self.ext = self.ring["nt_ring"][top], self.ring["nt_ob"][top], self.ring["nt_ext"][top]
-        self.atoms = self.ring["nt_atom"][top]
+        self.closers = self.ring["nt_close"][top]
         A = max_length + 2
         self.used, self.parent = [0] * A, [-1] * A
         self.vcap = [chem["maxcap"] if chem is not None else 0] * A
@@ -95,7 +95,8 @@ class ReferenceDecoder:
                                           and not opening):
             return False
         if self.length_mask and self.top() != self.nothing:
-            extra = 2 * max(0, open_after - ob_after)
+            diff = open_after - ob_after
+            extra = 2 * (diff if diff >= 0 else diff % 2)  # an odd surplus of owed digits opens a ring
             after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
             return after + extra <= self.max_length - self.t - 1
         return True
@@ -162,10 +163,12 @@ class ReferenceDecoder:
                     return False
         if self.length_mask and self.top() != self.nothing:
             mult = max([sum(self.ring_atom[x] == self.ring_atom[y] for y in self.open) for x in self.open], default=0)
-            atoms_after = self.atoms - self.ring["nt_atom"][self.top()] + self.ring["rhs_atom"][r]
-            more_atoms = max(0, mult - int(closes) - atoms_after - int(ob_after > 0))
+            closers_after = self.closers - self.ring["nt_close"][self.top()] + self.ring["rhs_close"][r]
+            more_atoms = max(0, mult - int(closes) - closers_after - int(ob_after > 0))
             after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
-            if after + 2 * max(0, open_after - ob_after) + 2 * more_atoms > self.max_length - self.t - 1:
+            diff = open_after - ob_after
+            extra = diff if diff >= 0 else diff % 2
+            if after + 2 * extra + 2 * more_atoms > self.max_length - self.t - 1:
                 return False
         return self._bracket_ok(r)
 
@@ -236,7 +239,7 @@ class ReferenceDecoder:
         used_pending = int(self.pending and top == self.digit_nt)
         self.ob += tb["rhs_ob"][r] + int(tb["arms"][r]) - tb["nt_ob"][top] - used_pending
         self.ext += tb["rhs_ext"][r] - tb["nt_ext"][top]
-        self.atoms += tb["rhs_atom"][r] - tb["nt_atom"][top]
+        self.closers += tb["rhs_close"][r] - tb["nt_close"][top]
         self.cap += tb["rhs_ring"][r] + int(tb["arms"][r]) - tb["nt_ring"][top] - used_pending
         if tb["new_atom"][r]:
             self.here, self.shut = set(), set()
