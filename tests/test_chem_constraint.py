@@ -352,15 +352,19 @@ def test_a_ring_owed_with_no_ring_open_needs_room_to_close(max_length: int) -> N
     assert fell_back == 0 and all(_valid(t) for t in texts), texts[:4]
 
 
-def test_rings_from_one_atom_need_closers_that_can_take_ring_bonds() -> None:
-    """``C12`` (two rings from one atom): an ``atom`` pushed without ring bonds (``chain_tail ->
-    atom BB``) cannot close a ring, so it no longer counts as one of the two distinct closing atoms
-    the rings need. The cheapest way on, ``C12C(C1C2)``, takes 16 rules: at limits 14 and 15 the rule
-    is masked (the old test allowed it, and the row then ran out of rules), at 16 it passes."""
+def test_two_rings_from_one_atom_need_two_distinct_non_neighbour_closers() -> None:
+    """``C12`` opens two rings at one atom: they must close at two distinct atoms, neither bonded to
+    it, so the cheapest finished string (``C12NS2I1``, ``C12CC1C2``) takes 15 rules. The length test
+    now counts those atoms (an ``atom`` pushed without ring bonds, or the first atom of a chain or
+    branch of the opener itself, is no closer): at max_length 14 the second ring bond is masked
+    (the old test let it through, and every row then ran out of rules); from 15 on, rows decoded
+    from random logits raised on branches all finish valid without a fallback."""
     prefix = ["smiles -> branched_atom chain_tail", "branched_atom -> atom RB", "atom -> 'C'",
               "RB -> ringbond RB_tail", "ringbond -> '1'", "RB_tail -> '2'"]
-    for max_length in (14, 15):
-        assert not _allowed_after(_codec(max_length), prefix)["chain_tail -> atom BB"], max_length
-    assert _allowed_after(_codec(16), prefix)["chain_tail -> atom BB"]
-    codec = _codec(16)
-    assert len(codec.grammar.parse("C12C(C1C2)")) == 16 and first_blocked(codec, "C12C(C1C2)") is None
+    assert not _allowed_after(_codec(14), prefix[:3])["RB -> ringbond RB_tail"]
+    assert _allowed_after(_codec(14), prefix[:3])["RB -> '1'"]  # one ring still fits
+    for max_length in (15, 16, 17):
+        fell_back, texts = _finish_near_the_limit(prefix, max_length, ("atom BB", "BB ->", "branch ->"))
+        assert fell_back == 0 and all(_valid(t) for t in texts), (max_length, texts[:4])
+    codec = _codec(15)
+    assert len(codec.grammar.parse("C12NS2I1")) == 15 and first_blocked(codec, "C12NS2I1") is None
