@@ -37,7 +37,10 @@ Everything is held in per-sample tensors; every step is a fixed number of batche
 per-sample Python loop) on the candidate rules of the top symbols, ``[B, C]``, whose attributes
 come from one gather of packed per-symbol tables (:mod:`discrete_rae.grammar.packs`); sets of ring
 digits are bit masks. Parts that no row needs this step (closing every ring when no atom is to
-come, a ring-bond symbol's order, bracket interiors) are skipped after one ``any()``. The rule
+come, a ring-bond symbol's order, bracket interiors) are skipped after one ``any()``. With the
+length mask, a rule must also leave room for the ring digits and closing atoms the open rings
+still need (:mod:`discrete_rae.grammar.chem_room`), so that near ``max_length`` the constraints
+still leave every row a rule. The rule
 tables (:mod:`discrete_rae.grammar.chem_rules`) are read from the grammar by symbol names; grammars
 of another shape (e.g. the left-recursive paper grammar, whose chain length is fixed before its
 atoms are written) get ``None`` from :func:`chem_tables` and keep the ring mask only.
@@ -256,13 +259,14 @@ class ChemState:
         st, ring = self.state, self.ring
         any_open = bool((ring.open != 0).any())
         to_close = not bool(ctx["later"].all())  # some rule leaves no atom to come
-        if any_open or to_close or st.length_mask:
+        near = st.length_mask and self._near(ctx)
+        if any_open or to_close or near:
             p = self.ring_atom  # [B, 10] atom that opened each ring
             is_open = (ring.open & ring._bits) != 0
             joined = self.partner.gather(1, p)
             used_p, cap_p = self.used.gather(1, p), self.vcap.gather(1, p)
             eq = p.unsqueeze(2) == p.unsqueeze(1)  # [B, 10, 10] two rings opened at one atom
-            W = w_sets(self, T, ctx, o, par, is_open, joined, eq)
+            W = w_sets(self, T, ctx, o, par, is_open, joined, eq) if to_close or near else {}
             if bool(ctx["closing"].any()):
                 # ring digits: a closure must not duplicate a bond, exceed a valence or contradict
                 # the bond symbol written at the opening (the bad open digits as a bit mask)
@@ -277,7 +281,7 @@ class ChemState:
                 d = torch.where(ring.pending, T.l("d1"), T.l("d0"))
                 ok &= ctx["later"] | self._closable(T, ctx, d, o, last, used, cap, is_open, W, used_p, cap_p, kn,
                                                     cap_new, used_n)
-            if st.length_mask:  # room for the digits and atoms the rings still need (chem_room)
+            if near:  # room for the digits and atoms the rings still need (chem_room)
                 ok &= room_c(self, T, ctx, o, n, last, is_open, eq, W)
         else:
             is_open = torch.zeros_like(self.ring_explicit)
@@ -287,6 +291,15 @@ class ChemState:
         if bool(inside.any()):
             ok &= self._bracket_ok(T, ctx, used[:, 2:3], is_open)
         return ok
+
+    def _near(self, ctx: dict[str, Tensor]) -> bool:
+        """Whether the rings' length test can forbid any rule this step: it adds at most
+        ``2 * 2 * (open rings + digits owed)`` after a rule (chem_room's bounds: extra digits and
+        extra atoms each at most that count), so with that much room left for every rule the length
+        mask of the ring state passes, the test is skipped (one host sync instead of its ~60 ops)."""
+        st, after = self.state, ctx["after"]
+        room = st.max_length - st.t - 1
+        return bool(((after <= room) & (after + 4 * (ctx["open_after"] + ctx["ob_after"]) > room)).any())
 
     def _closable(self, T: Taken, ctx: dict[str, Tensor], d: Tensor, o: Tensor, last: Tensor, used: Tensor,
                   cap: Tensor, is_open: Tensor, W: dict[str, Tensor], used_p: Tensor, cap_p: Tensor, kn: Tensor,
