@@ -108,8 +108,8 @@ def bracket_bits(tab: dict[str, Any], device: torch.device) -> dict[str, Tensor]
 def chem_rule_pack(grammar: Any, ring: dict[str, Any], tab: dict[str, Any], device: torch.device) -> Pack:
     """Per-rule ``[R, F]`` pack read by :meth:`ChemState.push` (ring columns included)."""
     k1 = (tab["bond_k"] - 1).clamp(min=0)
-    longs = {**_rule_columns(ring), **closer_columns(grammar, ring, tab), "bond_k": tab["bond_k"], "add_ok1": tab["add_o"] + k1, "add_n": tab["add_n"],
-             "add_nk1": tab["add_n"] + k1, "new_cap": tab["new_cap"], "bond_ctx": tab["bond_ctx"],
+    longs = {**_rule_columns(ring), **closer_columns(grammar, ring, tab), "bond_k": tab["bond_k"],
+             "add_ok1": tab["add_o"] + k1, "add_n": tab["add_n"], "add_nk1": tab["add_n"] + k1, "new_cap": tab["new_cap"], "bond_ctx": tab["bond_ctx"],
              "dctx": tab["dctx"], "digit": tab["digit"], "el": tab["el"], "pbits": _grid_bits(tab["permit"])}
     bools = {"arms": ring["arms"], "new_atom": ring["new_atom"], "parent": tab["parent"], "creates": tab["creates"],
              "opens_bracket": tab["opens_bracket"], "next_ring": tab["next_ring"], "bracket": tab["bracket"]}
