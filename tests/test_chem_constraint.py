@@ -314,3 +314,57 @@ def test_kekule_cache_key_differs(tmp_path: Path) -> None:
     args = (tmp_path, "0" * 64, None, 10, 0, True)
     assert _load_cache_path(*args) != _load_cache_path(*args, kekulize=True)
     assert _load_cache_path(*args) == _load_cache_path(*args, kekulize=False)
+
+
+# --------------------------------------------------------------------------------- near the length limit
+
+
+def _finish_near_the_limit(prefix: list[str], max_length: int, favour: tuple[str, ...]) -> tuple[int, list[str | None]]:
+    """Push the rules ``prefix`` (by text) into 64 rows, then decode the rest greedily from random logits
+    raised on the rules ``favour`` (towards ring bonds): (rows the constraints left no rule, texts)."""
+    codec = _codec(max_length)
+    g = codec.grammar
+    index = {str(p): r for r, p in enumerate(g.productions)}
+    B = 64
+    state = codec.new_state(B)
+    for text in prefix:
+        assert bool(state.allowed()[:, index[text]].all()), text
+        state.push(torch.full((B,), index[text]))
+    logits = torch.randn(B, max_length, g.n_rules, generator=torch.Generator().manual_seed(0))
+    for r, p in enumerate(g.productions):
+        if any(f in str(p) for f in favour):
+            logits[:, :, r] += 4.0
+    for t in range(len(prefix), max_length):
+        state.push(select(logits[:, t], state.allowed()))
+        if state.complete:
+            break
+    return int(state.fallback_rows.sum()), codec.to_text(state.ids, state.done)
+
+
+@pytest.mark.parametrize("max_length", [7, 8])
+def test_a_ring_owed_with_no_ring_open_needs_room_to_close(max_length: int) -> None:
+    """``CC`` with ``chain_tail -> branched_atom chain_tail`` pending: ``branched_atom -> atom RB``
+    owes a ring digit that can only open a ring, which a later atom must close: two rules more than
+    the grammar's minimum. The old length test (open rings minus owed digits, clamped at 0) let it
+    through at these limits and the row ran out of rules; now it is masked and every row finishes."""
+    prefix = ["smiles -> branched_atom chain_tail", "branched_atom -> 'C'", "chain_tail -> branched_atom chain_tail"]
+    fell_back, texts = _finish_near_the_limit(prefix, max_length, ("atom RB", "RB ->", "ringbond ->"))
+    assert fell_back == 0 and all(_valid(t) for t in texts), texts[:4]
+
+
+def test_two_rings_from_one_atom_need_two_distinct_non_neighbour_closers() -> None:
+    """``C12`` opens two rings at one atom: they must close at two distinct atoms, neither bonded to
+    it, so the cheapest finished string (``C12NS2I1``, ``C12CC1C2``) takes 15 rules. The length test
+    now counts those atoms (an ``atom`` pushed without ring bonds, or the first atom of a chain or
+    branch of the opener itself, is no closer): at max_length 14 the second ring bond is masked
+    (the old test let it through, and every row then ran out of rules); from 15 on, rows decoded
+    from random logits raised on branches all finish valid without a fallback."""
+    prefix = ["smiles -> branched_atom chain_tail", "branched_atom -> atom RB", "atom -> 'C'",
+              "RB -> ringbond RB_tail", "ringbond -> '1'", "RB_tail -> '2'"]
+    assert not _allowed_after(_codec(14), prefix[:3])["RB -> ringbond RB_tail"]
+    assert _allowed_after(_codec(14), prefix[:3])["RB -> '1'"]  # one ring still fits
+    for max_length in (15, 16, 17):
+        fell_back, texts = _finish_near_the_limit(prefix, max_length, ("atom BB", "BB ->", "branch ->"))
+        assert fell_back == 0 and all(_valid(t) for t in texts), (max_length, texts[:4])
+    codec = _codec(15)
+    assert len(codec.grammar.parse("C12NS2I1")) == 15 and first_blocked(codec, "C12NS2I1") is None

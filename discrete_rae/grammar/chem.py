@@ -37,7 +37,10 @@ Everything is held in per-sample tensors; every step is a fixed number of batche
 per-sample Python loop) on the candidate rules of the top symbols, ``[B, C]``, whose attributes
 come from one gather of packed per-symbol tables (:mod:`discrete_rae.grammar.packs`); sets of ring
 digits are bit masks. Parts that no row needs this step (closing every ring when no atom is to
-come, a ring-bond symbol's order, bracket interiors) are skipped after one ``any()``. The rule
+come, a ring-bond symbol's order, bracket interiors) are skipped after one ``any()``. With the
+length mask, a rule must also leave room for the ring digits and closing atoms the open rings
+still need (:mod:`discrete_rae.grammar.chem_room`), so that near ``max_length`` the constraints
+still leave every row a rule. The rule
 tables (:mod:`discrete_rae.grammar.chem_rules`) are read from the grammar by symbol names; grammars
 of another shape (e.g. the left-recursive paper grammar, whose chain length is fixed before its
 atoms are written) get ``None`` from :func:`chem_tables` and keep the ring mask only.
@@ -52,6 +55,7 @@ from torch import Tensor
 
 from .chem_rules import (AROMATIC_CAP, BIG, BRACKET_NTS, BRACKET_VALENCE, CTX_ISO, CTX_NONE, ELEMENTS, GRID,
                          H_EL, ORGANIC_CAP, chem_tables, chem_tables_cached, uses_aromatic_atoms)
+from .chem_room import closer_candidate_columns, closer_columns, room_c, w_sets
 from .packs import Pack, Taken, base_columns, cached, merge_pack, per_candidate
 from .ring import DIGITS, RingClosureState, _rule_columns, ring_columns, scatter_rules
 
@@ -101,11 +105,11 @@ def bracket_bits(tab: dict[str, Any], device: torch.device) -> dict[str, Tensor]
             "levels": torch.tensor(int(levels.numel())), "all": torch.tensor((1 << GRID) - 1)}
 
 
-def chem_rule_pack(ring: dict[str, Any], tab: dict[str, Any], device: torch.device) -> Pack:
+def chem_rule_pack(grammar: Any, ring: dict[str, Any], tab: dict[str, Any], device: torch.device) -> Pack:
     """Per-rule ``[R, F]`` pack read by :meth:`ChemState.push` (ring columns included)."""
     k1 = (tab["bond_k"] - 1).clamp(min=0)
-    longs = {**_rule_columns(ring), "bond_k": tab["bond_k"], "add_ok1": tab["add_o"] + k1, "add_n": tab["add_n"],
-             "add_nk1": tab["add_n"] + k1, "new_cap": tab["new_cap"], "bond_ctx": tab["bond_ctx"],
+    longs = {**_rule_columns(ring), **closer_columns(grammar, ring, tab), "bond_k": tab["bond_k"],
+             "add_ok1": tab["add_o"] + k1, "add_n": tab["add_n"], "add_nk1": tab["add_n"] + k1, "new_cap": tab["new_cap"], "bond_ctx": tab["bond_ctx"],
              "dctx": tab["dctx"], "digit": tab["digit"], "el": tab["el"], "pbits": _grid_bits(tab["permit"])}
     bools = {"arms": ring["arms"], "new_atom": ring["new_atom"], "parent": tab["parent"], "creates": tab["creates"],
              "opens_bracket": tab["opens_bracket"], "next_ring": tab["next_ring"], "bracket": tab["bracket"]}
@@ -140,8 +144,10 @@ class ChemState:
         key = (g.hash, bool(tables["aromatic"]), str(dev))
         self.tab = cached(("chem_tab",) + key, lambda: _to(tables, dev))
         self._cands = cached(("chem_cand",) + key, lambda: merge_pack(
-            dev, base_columns(g), ring_columns(g, ring._tables), chem_columns(g, tables)))
-        self._rules = cached(("chem_rule",) + key, lambda: chem_rule_pack(ring._tables, tables, dev))
+            dev, base_columns(g), ring_columns(g, ring._tables), chem_columns(g, tables),
+            closer_candidate_columns(g, ring._tables, tables)))
+        self._rules = cached(("chem_rule",) + key, lambda: chem_rule_pack(g, ring._tables, tables, dev))
+        self._nt_close = cached(("nt_close",) + key, lambda: ring._tables["nt_close"].to(dev))
         self._grid = cached(("chem_grid",) + key, lambda: bracket_bits(tables, dev))
         self._levels = int(self._grid["levels"])
         self._bracket_cols = self.tab["bracket"].nonzero().view(-1)
@@ -175,11 +181,14 @@ class ChemState:
         self.partner = torch.zeros(B, A, dtype=torch.bool, device=dev)
         self.fallback_rows = torch.zeros(B, dtype=torch.bool, device=dev)
         self.owed_next = torch.zeros(B, 1, dtype=torch.bool, device=dev)  # ring bonds promised to the next atom
+        # pending closer symbols (chem_room) owned by each atom; the start symbol has no owner
+        self.pc = torch.zeros(B, A, dtype=torch.long, device=dev)
+        self.pc[:, A - 1] = self._nt_close[g._start_nt]
         self._o: Tensor | None = None  # owner of the top symbol this step (reset by push / reorder)
 
     _ROW_TENSORS = ("own", "used", "vcap", "parent", "n_atoms", "cells", "br_el", "dctx", "bond_ring",
                     "pend_order", "pend_explicit", "ring_atom", "ring_order", "ring_explicit", "partner",
-                    "fallback_rows", "owed_next")
+                    "fallback_rows", "owed_next", "pc")
 
     def __getattr__(self, name: str) -> Any:  # done, ids, complete, lengths, ... of the wrapped states
         return getattr(self.ring, name)
@@ -250,12 +259,14 @@ class ChemState:
         st, ring = self.state, self.ring
         any_open = bool((ring.open != 0).any())
         to_close = not bool(ctx["later"].all())  # some rule leaves no atom to come
-        if any_open or to_close:
+        near = st.length_mask and self._near(ctx)
+        if any_open or to_close or near:
             p = self.ring_atom  # [B, 10] atom that opened each ring
             is_open = (ring.open & ring._bits) != 0
             joined = self.partner.gather(1, p)
             used_p, cap_p = self.used.gather(1, p), self.vcap.gather(1, p)
             eq = p.unsqueeze(2) == p.unsqueeze(1)  # [B, 10, 10] two rings opened at one atom
+            W = w_sets(self, T, ctx, o, par, is_open, joined, eq) if to_close or near else {}
             if bool(ctx["closing"].any()):
                 # ring digits: a closure must not duplicate a bond, exceed a valence or contradict
                 # the bond symbol written at the opening (the bad open digits as a bit mask)
@@ -268,10 +279,10 @@ class ChemState:
                 ok &= (ctx["bit"] & (bad * ring._bits).sum(1, keepdim=True)) == 0
             if to_close:
                 d = torch.where(ring.pending, T.l("d1"), T.l("d0"))
-                ok &= ctx["later"] | self._closable(T, ctx, d, o, last, used, cap, par, is_open, joined, eq, used_p,
-                                                    cap_p, kn, cap_new, used_n)
-            if st.length_mask and any_open:  # with no ring open, the ring mask's length test is this one
-                ok &= self._room(T, ctx, is_open, eq)
+                ok &= ctx["later"] | self._closable(T, ctx, d, o, last, used, cap, is_open, W, used_p, cap_p, kn,
+                                                    cap_new, used_n)
+            if near:  # room for the digits and atoms the rings still need (chem_room)
+                ok &= room_c(self, T, ctx, o, n, last, is_open, eq, W)
         else:
             is_open = torch.zeros_like(self.ring_explicit)
         # bracket interiors (skipped when no row writes one)
@@ -281,29 +292,27 @@ class ChemState:
             ok &= self._bracket_ok(T, ctx, used[:, 2:3], is_open)
         return ok
 
+    def _near(self, ctx: dict[str, Tensor]) -> bool:
+        """Whether the rings' length test can forbid any rule this step: it adds at most
+        ``2 * 2 * (open rings + digits owed)`` after a rule (chem_room's bounds: extra digits and
+        extra atoms each at most that count), so with that much room left for every rule the length
+        mask of the ring state passes, the test is skipped (one host sync instead of its ~60 ops)."""
+        st, after = self.state, ctx["after"]
+        room = st.max_length - st.t - 1
+        return bool(((after <= room) & (after + 4 * (ctx["open_after"] + ctx["ob_after"]) > room)).any())
+
     def _closable(self, T: Taken, ctx: dict[str, Tensor], d: Tensor, o: Tensor, last: Tensor, used: Tensor,
-                  cap: Tensor, par: Tensor, is_open: Tensor, joined: Tensor, eq: Tensor, used_p: Tensor,
-                  cap_p: Tensor, kn: Tensor, cap_new: Tensor, used_n: Tensor) -> Tensor:
+                  cap: Tensor, is_open: Tensor, W: dict[str, Tensor], used_p: Tensor, cap_p: Tensor, kn: Tensor,
+                  cap_new: Tensor, used_n: Tensor) -> Tensor:
         """[B, C] when no atom is to come after the ring bonds still owed (not the ring mask's
         ``later``), every open ring must be closable by the atom A that owes them: distinct
         openers, none A's chain neighbour, already joined to A or opened by A, and A's capacity
         must cover the bond orders of all those closures. A is the next atom while its ring bonds
-        are promised but it is not written yet, else the latest atom. (``used`` / ``cap`` / ``par``
-        [B, 3]: of the owner, the next and the latest atom; ``*_p`` [B, 10]: of the ring openers.)"""
-        ring, p = self.ring, self.ring_atom
-        here = (ring.here & ring._bits) != 0
-        cand_l = is_open & ~here & ~joined & (p != par[:, 2:3])  # rings the latest atom can close
-        cand_n = is_open & (p != par[:, 1:2])  # ... the next atom, its parent known
-        cand_no = is_open & (p != o)  # ... the next atom, this rule makes o its parent
-        # number of distinct openers among each kind of candidates: [B, 3]
-        M = torch.stack([cand_l, cand_n, cand_no], 1)  # [B, 3, 10]
-        dup = ((eq & self._earlier).unsqueeze(1) & M.unsqueeze(2)).any(3)  # an earlier candidate, same atom
-        distinct = (M & ~dup).sum(2)
-        owed = T.b("next_ring") | self.owed_next  # [B, C] the next atom owes the closures
-        bit, closing = ctx["bit"], ctx["closing"]
-        l_bits = (cand_l * ring._bits).sum(1, keepdim=True)
-        cnt = distinct.gather(1, T.l("sel") * owed) - ((bit & l_bits) != 0).long()
-        ok = cnt >= ctx["open_after"]
+        are promised but it is not written yet, else the latest atom. (``used`` / ``cap``
+        [B, 3]: of the owner, the next and the latest atom; ``*_p`` [B, 10]: of the ring openers;
+        ``W``: :func:`~discrete_rae.grammar.chem_room.w_sets`, the rings A may close.)"""
+        cand_l, owed, closing = W["cand_l"], W["owed"], ctx["closing"]
+        ok = W["cnt"] >= ctx["open_after"]
         # capacity of A for closing every open ring (cost: the order written at the opening, else 1)
         cost = torch.where(self.ring_explicit, self.ring_order, 1) * is_open
         cost_d = cost.gather(1, d)
@@ -322,20 +331,6 @@ class ChemState:
             takes = (cand_l.unsqueeze(2) & torch.where(self.ring_explicit.unsqueeze(2), same, fits_p)).any(1)
             ok &= ~rb | takes.gather(1, T.l("kidx"))
         return ok
-
-    def _room(self, T: Taken, ctx: dict[str, Tensor], is_open: Tensor, eq: Tensor) -> Tensor:
-        """[B, C] rings opened at one atom must close at distinct atoms: beyond the atoms that
-        pending symbols will write anyway (and the one owing ring bonds), each costs at least two
-        more rules (a chain or branch grows by one atom), on top of the ring mask's two per digit.
-        (Only called when some ring is open: with none, the ring mask's length test is this one.)"""
-        st = self.state
-        shared = (eq & is_open.unsqueeze(1)).sum(2) * is_open  # [B, 10] open rings from each one's atom
-        mult = shared.amax(1, keepdim=True)  # [B, 1] most open rings from one atom
-        ob_after = ctx["ob_after"]
-        atoms_after = self.ring.atoms + T.l("datom")
-        more_atoms = (mult - ctx["closing"].long() - atoms_after - (ob_after > 0).long()).clamp(min=0)
-        # the pad rule under ``Nothing`` always fits (its dmin is -FAR)
-        return torch.add(ctx["after"], ctx["diff"].clamp(min=0) + more_atoms, alpha=2) <= st.max_length - st.t - 1
 
     def _bracket_ok(self, T: Taken, ctx: dict[str, Tensor], used_l: Tensor, is_open: Tensor) -> Tensor:
         """[B, C] inside a bracket atom, a rule only if some H count / charge it leaves possible gives
@@ -415,6 +410,9 @@ class ChemState:
         lead_done = (self.dctx == CTX_ISO) & (R.l("digit") >= 0)
         self.dctx = torch.where(dctx >= 0, dctx, self.dctx.masked_fill(lead_done, 0))
         # owners of the pushed symbols, at the slots DecodeState.push writes
+        top = self.state.top().unsqueeze(1)
+        self.pc.scatter_add_(1, o, R.l("close_o") - self._nt_close.index_select(0, top.view(-1)).view(top.shape))
+        self.pc.scatter_add_(1, n, R.l("close_n"))
         own_next = self.tab["own_next"].index_select(0, rule)  # [B, K]
         slots = (self.state.ptr.unsqueeze(1) - 1).clamp(min=0) + self._slots
         self.own.scatter_(1, slots, torch.where(own_next, n, o))

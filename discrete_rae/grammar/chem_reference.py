@@ -43,7 +43,7 @@ class ReferenceDecoder:
         self.pending = False
         top = self.top()
         self.cap, self.ob, self.ext = self.ring["nt_ring"][top], self.ring["nt_ob"][top], self.ring["nt_ext"][top]
-        self.atoms = self.ring["nt_atom"][top]
+        self.closers = self.ring["nt_close"][top]
         A = max_length + 2
         self.used, self.parent = [0] * A, [-1] * A
         self.vcap = [chem["maxcap"] if chem is not None else 0] * A
@@ -95,7 +95,8 @@ class ReferenceDecoder:
                                           and not opening):
             return False
         if self.length_mask and self.top() != self.nothing:
-            extra = 2 * max(0, open_after - ob_after)
+            diff = open_after - ob_after
+            extra = 2 * (diff if diff >= 0 else diff % 2)  # an odd surplus of owed digits opens a ring
             after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
             return after + extra <= self.max_length - self.t - 1
         return True
@@ -161,13 +162,40 @@ class ReferenceDecoder:
                            else self.used[self.ring_atom[x]] + k - 1 <= self.vcap[self.ring_atom[x]] for x in cands):
                     return False
         if self.length_mask and self.top() != self.nothing:
-            mult = max([sum(self.ring_atom[x] == self.ring_atom[y] for y in self.open) for x in self.open], default=0)
-            atoms_after = self.atoms - self.ring["nt_atom"][self.top()] + self.ring["rhs_atom"][r]
-            more_atoms = max(0, mult - int(closes) - atoms_after - int(ob_after > 0))
+            extra, more = self._ring_costs(r, o, n, d, closes, ob_after)
             after = self.need - self.nt_min[self.top()] + self.rhs_min[r]
-            if after + 2 * max(0, open_after - ob_after) + 2 * more_atoms > self.max_length - self.t - 1:
+            if after + 2 * extra + 2 * more > self.max_length - self.t - 1:
                 return False
         return self._bracket_ok(r)
+
+    def _ring_costs(self, r: int, o: int, n: int, d: int, closes: bool, ob_after: int) -> tuple[int, int]:
+        """(extra ring digits, extra atoms) the open rings need after rule r (chem_room's bounds),
+        from the pending stack after r with its owners."""
+        c = self.chem
+        last = max(n - 1, 0)
+        owed = bool(c["next_ring"][r]) or self.owed_next
+        w_atom = n if owed else last
+        if owed:
+            wset = self._cand(n, False, o if (c["next_ring"][r] and c["parent"][r]) else self.parent[n])
+        else:
+            wset = self._cand(last, True, self.parent[last])
+        latest = self._cand(last, True, self.parent[last])
+        k_w = len({self.ring_atom[x] for x in wset}) - int(closes and d in latest)
+        if closes:  # W is now joined to the closed ring's opener
+            wset = [x for x in wset if self.ring_atom[x] != self.ring_atom[d]]
+        open_after = (self.open - {d}) if closes else (self.open | {d}) if d >= 0 else set(self.open)
+        opener = {x: self.ring_atom[x] if x in self.open else o for x in open_after}
+        extra = len(open_after) + ob_after - 2 * min(ob_after, k_w)
+        own_next = c["own_next"][r]
+        stack = self.stack[:-1] + [(nt, n if own_next[j] else o) for j, nt in enumerate(self.rhs[r])]
+        owners = [ow for nt, ow in stack if self.ring["nt_close"][nt]]
+        shortfalls = [0]
+        for P in set(opener.values()) - {w_atom}:
+            w = ob_after > 0 and any(self.ring_atom[y] == P for y in wset)
+            shortfalls.append(sum(v == P for v in opener.values()) - int(w) - sum(ow != P for ow in owners))
+        n_w = sum(v == w_atom for v in opener.values()) + max(0, ob_after - k_w)
+        shortfalls.append(n_w - sum(ow != w_atom for ow in owners))
+        return extra, max(shortfalls)
 
     def _ring_need(self) -> int:
         cols = [r for r in range(self.g.n_rules) if self.chem["bracket"][r]]
@@ -236,7 +264,7 @@ class ReferenceDecoder:
         used_pending = int(self.pending and top == self.digit_nt)
         self.ob += tb["rhs_ob"][r] + int(tb["arms"][r]) - tb["nt_ob"][top] - used_pending
         self.ext += tb["rhs_ext"][r] - tb["nt_ext"][top]
-        self.atoms += tb["rhs_atom"][r] - tb["nt_atom"][top]
+        self.closers += tb["rhs_close"][r] - tb["nt_close"][top]
         self.cap += tb["rhs_ring"][r] + int(tb["arms"][r]) - tb["nt_ring"][top] - used_pending
         if tb["new_atom"][r]:
             self.here, self.shut = set(), set()

@@ -117,8 +117,14 @@ def ring_tables(grammar: Any) -> dict[str, Any] | None:
     nt_atom = torch.tensor([makes[nt] for nt in nts], dtype=torch.long)
     rhs_atom = torch.tensor([sum(isinstance(x, Nonterminal) and makes.get(x.symbol(), False) for x in p.rhs())
                              for p in grammar.productions], dtype=torch.long)
+    # of those, the ones whose atom can still get a ring bond (not ``atom``: its ring bonds, if any,
+    # were pushed beside it as an obligation): each can close at most one ring of a given opener
+    closer = {nt: makes[nt] and can[nt] for nt in nts}
+    nt_close = torch.tensor([closer[nt] for nt in nts], dtype=torch.long)
+    rhs_close = torch.tensor([sum(isinstance(x, Nonterminal) and closer.get(x.symbol(), False) for x in p.rhs())
+                              for p in grammar.productions], dtype=torch.long)
     return {"direct": direct, "via_digit": via_digit, "arms": arms, "new_atom": new_atom,
-            "nt_atom": nt_atom, "rhs_atom": rhs_atom,
+            "nt_atom": nt_atom, "rhs_atom": rhs_atom, "nt_close": nt_close, "rhs_close": rhs_close,
             "nt_ring": nt_ring, "rhs_ring": rhs_ring, "nt_ob": nt_ob, "rhs_ob": rhs_ob,
             "nt_ext": nt_ext, "rhs_ext": rhs_ext,
             "digit_nt": grammar._nt_index.get("DIGIT", -1)}
@@ -129,11 +135,11 @@ def ring_columns(grammar: Any, tables: dict[str, Any]) -> tuple[dict[str, Tensor
     the bit ``1 << digit`` each rule writes when no ring ``DIGIT`` is pending (``bit0``) and when one
     is (``bit1``; 0: none), the digit's index (``d0`` / ``d1``, 0 when none), and the changes of
     the pending-symbol counts once the rule replaces the top symbol (``dcap``, ``dob``, ``dext``,
-    ``datom``: right-hand side plus the armed ``DIGIT``, minus the top symbol)."""
+    ``dclose``: right-hand side plus the armed ``DIGIT``, minus the top symbol)."""
     cand = grammar._decode_tensors(torch.device("cpu"))["cand"]
     rule, nt = _rule_columns(tables), _nt_columns(tables)
     cols = {k: per_candidate(cand, v) for k, v in rule.items()}
-    for k in ("cap", "ob", "ext", "atom"):
+    for k in ("cap", "ob", "ext", "close"):
         cols["d" + k] = cols.pop("rhs_" + k) - nt["nt_" + k].unsqueeze(1)
     for k in ("cap", "ob"):  # of the top symbol itself (read by the chemistry masks)
         cols["nt_" + k] = nt["nt_" + k].unsqueeze(1).expand_as(cand)
@@ -149,13 +155,13 @@ def _rule_columns(tables: dict[str, Any]) -> dict[str, Tensor]:
             "bit1": torch.where(pend >= 0, 1 << pend.clamp(min=0), 0),
             "d0": direct.clamp(min=0), "d1": pend.clamp(min=0),
             "rhs_cap": tables["rhs_ring"] + arms, "rhs_ob": tables["rhs_ob"] + arms,
-            "rhs_ext": tables["rhs_ext"], "rhs_atom": tables["rhs_atom"]}
+            "rhs_ext": tables["rhs_ext"], "rhs_close": tables["rhs_close"]}
 
 
 def _nt_columns(tables: dict[str, Any]) -> dict[str, Tensor]:
-    """[n_nt] per-symbol counts (capability, obligations, extensible obligations, atoms)."""
+    """[n_nt] per-symbol counts (capability, obligations, extensible obligations, closers)."""
     return {"nt_cap": tables["nt_ring"], "nt_ob": tables["nt_ob"], "nt_ext": tables["nt_ext"],
-            "nt_atom": tables["nt_atom"]}
+            "nt_close": tables["nt_close"]}
 
 
 def ring_rule_pack(tables: dict[str, Any], device: torch.device) -> tuple[Pack, Pack]:
@@ -178,7 +184,7 @@ class RingClosureState:
     ``shut`` (closed at the current atom), ``pending`` (a ring rule pushed a ``DIGIT`` whose
     expansion is a ring digit), and counts of the pending symbols: ``cap`` (can still write a
     ring digit), ``ob`` (ring obligations, each writes >= 1 digit), ``ext`` (of those, can write
-    more than one), ``atoms`` (sure to write an atom).
+    more than one), ``closers`` (sure to write an atom that can still get a ring bond).
 
     Every step is a fixed number of batched ops on the candidate rules of the top symbols
     (``[B, C]``), with the rule attributes read from packed tables (:mod:`discrete_rae.grammar.packs`)
@@ -203,11 +209,11 @@ class RingClosureState:
         self.cap = nt.l("nt_cap").clone()
         self.ob = nt.l("nt_ob").clone()
         self.ext = nt.l("nt_ext").clone()
-        self.atoms = nt.l("nt_atom").clone()
+        self.closers = nt.l("nt_close").clone()
         self.pending = torch.zeros(B, 1, dtype=torch.bool, device=dev)
         self._bits = 2 ** torch.arange(len(DIGITS), device=dev)  # [10]
 
-    _ROW_TENSORS = ("open", "here", "shut", "ob", "ext", "atoms", "cap", "pending")
+    _ROW_TENSORS = ("open", "here", "shut", "ob", "ext", "closers", "cap", "pending")
 
     def __getattr__(self, name: str) -> Any:  # done, ids, complete, lengths, ... of the wrapped state
         return getattr(self.state, name)
@@ -225,7 +231,7 @@ class RingClosureState:
         ``later`` (some pending symbol other than the obligations can still write a digit),
         ``diff`` (open rings minus obligations), ``cap_left`` / ``ob_left`` ([B, 1]: counts of the
         pending symbols but the top one) and, with the length mask, ``after`` (the length
-        bound after the rule)."""
+        bound after the rule) and ``extra`` (ring digits no pending symbol writes yet)."""
         st = self.state
         opened = self.open
         bit = torch.where(self.pending, T.l("bit1"), T.l("bit0"))
@@ -253,10 +259,14 @@ class RingClosureState:
             # each ring open beyond the digits already owed needs a digit no pending symbol owes
             # yet, which costs at least two more rules than the cheapest derivation (a ring list
             # grows by ringbond + tail; an atom gets ``atom RB`` + a digit instead of one rule):
-            # room for them within max_length (the pad rule under ``Nothing`` always fits)
+            # room for them within max_length (the pad rule under ``Nothing`` always fits).
+            # Digits owed beyond the open rings open new rings that must close too: every ring
+            # takes two digits, so the digits to come number open rings + 2 * openings; with an
+            # odd surplus of owed digits one more digit is needed (``extra``: -diff's parity)
             after = st.need.unsqueeze(1) + T.l("dmin")
-            ok &= torch.add(after, diff.clamp(min=0), alpha=2) <= st.max_length - st.t - 1
-            ctx["after"] = after
+            extra = torch.where(diff >= 0, diff, diff & 1)
+            ok &= torch.add(after, extra, alpha=2) <= st.max_length - st.t - 1
+            ctx.update(after=after, extra=extra)
         return ok
 
     def strict_c(self) -> tuple[Tensor, Tensor]:
@@ -305,7 +315,7 @@ class RingClosureState:
         self.ob = self.ob - N.l("nt_ob") - pend_digit + R.l("rhs_ob")
         self.cap = self.cap - N.l("nt_cap") - pend_digit + R.l("rhs_cap")
         self.ext = self.ext - N.l("nt_ext") + R.l("rhs_ext")
-        self.atoms = self.atoms - N.l("nt_atom") + R.l("rhs_atom")
+        self.closers = self.closers - N.l("nt_close") + R.l("rhs_close")
         new_atom = R.b("new_atom")
         # a new atom starts with no digits opened or closed at it
         self.here = self.here.masked_fill(new_atom, 0) | (bit & ~self.open)
