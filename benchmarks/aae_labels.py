@@ -18,7 +18,8 @@ Trains each row with the quick image preset (channels 64, 128; style dim 16; bat
 
 Usage:
     python benchmarks/aae_labels.py [--dataset mnist5k] [--steps 1500] [--which supervised,semi,cluster]
-        [--seed 0] [--style-dim 4] [--threads 1] [--runs-dir runs/aae_labels]
+        [--seed 0] [--style-dim 4] [--mi-weight W] [--category-tau T] [--consistency-weight W]
+        [--threads 1] [--runs-dir runs/aae_labels]
 
 Prints one line per figure and ONE JSON line at the end.
 """
@@ -50,8 +51,10 @@ ROWS = {"supervised": "aae_supervised", "semi": "aae_semi", "cluster": "aae_clus
 
 def run_config(row: str, args: argparse.Namespace) -> Any:
     model = {"latent_dim": args.style_dim} if args.style_dim > 0 else {}
-    if args.mi_weight is not None and row in ("aae_semi", "aae_cluster"):
-        model["cluster_mi_weight"] = args.mi_weight
+    if row in ("aae_semi", "aae_cluster"):
+        for key in ("cluster_mi_weight", "category_prior_tau", "consistency_weight"):
+            if getattr(args, key) is not None:
+                model[key] = getattr(args, key)
     return resolve_run_config("images", row, "quick", None, {
         "model": model, "train": {"max_steps": args.steps, "seed": args.seed, "max_minutes": 30.0},
         "data": {"dataset": args.dataset}})
@@ -166,16 +169,21 @@ def main() -> None:
     parser.add_argument("--which", default="supervised,semi,cluster")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style-dim", type=int, default=0, help="style code size D (--latent-dim; 0 = the preset's 16)")
-    parser.add_argument("--mi-weight", type=float, default=None,
+    parser.add_argument("--mi-weight", dest="cluster_mi_weight", type=float, default=None,
                         help="aae_semi / aae_cluster: --cluster-mi-weight (default: the row's, 1000 for aae_cluster "
                              "and 0 for aae_semi; 0 = the AAE paper's objective)")
+    parser.add_argument("--category-tau", dest="category_prior_tau", type=float, default=None,
+                        help="aae_semi / aae_cluster: --category-prior-tau (default: the row's; 0 = one-hot draws)")
+    parser.add_argument("--consistency-weight", type=float, default=None,
+                        help="aae_semi / aae_cluster: --consistency-weight (default: the row's; 0 = the paper)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-dir", default="runs/aae_labels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_all()
     out: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps, "seed": args.seed,
-                           "style_dim": args.style_dim or 16, "mi_weight": args.mi_weight}
+                           "style_dim": args.style_dim or 16, "mi_weight": args.cluster_mi_weight,
+                           "category_tau": args.category_prior_tau, "consistency_weight": args.consistency_weight}
     for name in args.which.split(","):
         out[name] = {"supervised": supervised, "semi": semi, "cluster": cluster}[name](args)
     print(json.dumps(out))
