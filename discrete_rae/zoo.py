@@ -152,7 +152,8 @@ ROWS: tuple[Row, ...] = (
     # --- part 2 of the family (adversarial)
     Row("aae", "AAE: deterministic code, a discriminator on codes vs N(0, I) draws, the encoder as its generator "
         "in its own phase, prior sampling (Makhzani et al. 2016)",
-        _code(0.0), _NORMAL, ("aae", {"adv_weight": 1.0}), _NONE, "prior"),
+        _code(0.0), _NORMAL, ("aae", {"adv_weight": 1.0, "adv_lr_ratio": Per(sequence=0.5, images=0.2)}), _NONE,
+        "prior"),
     Row("wae_gan", "WAE-GAN: deterministic code, lambda * GAN loss of the code in the main loss, log N(z; 0, I) "
         "added to the discriminator's logit, prior sampling (Tolstikhin et al. 2018)",
         _code(0.0), _NORMAL, ("wae_gan", {"adv_weight": Per(sequence=1.0, images=1000.0), "adv_sigma": 1.0}),
