@@ -343,14 +343,15 @@ class ClusterAAE(_LabelAAE):
         self.consistency_noise = float(getattr(cfg, "consistency_noise", 0.1))
 
     def main_terms(self, model: Any, batch: Any, step: int) -> dict[str, Tensor]:
-        """rec (+ mi_weight * -I(x; y)) (+ consistency_weight * KL(y(x) || y(x'))) for the options that are on."""
+        """rec (+ mi_weight * -I(x; y)) (+ consistency_weight * KL(y(x) || y(x')), in training mode only)
+        for the options that are on."""
         x = images_of(batch)
         lat = model.latent(model.encoder(x))
         rec = self.reconstruction(model, x, lat.z)
         extra: dict[str, Tensor] = {}
         if self.mi_weight > 0:
             extra["neg_mi"] = -self.mi_weight * batch_mutual_information(lat.z[:, : self.n_labels])
-        if self.consistency_weight > 0:
+        if self.consistency_weight > 0 and model.training:  # not in validation: its loss stays deterministic
             perturbed = shifted(x, self.consistency_shift, self.consistency_noise)
             kl = consistency_kl(lat.stats["logits"], model.latent.logits(model.encoder(perturbed)))
             extra["consistency"] = self.consistency_weight * kl

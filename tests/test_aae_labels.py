@@ -292,6 +292,7 @@ def test_relaxed_category_draws_replace_the_one_hots_only_when_asked(prepared_fo
 
 def test_the_consistency_term_enters_the_main_loss_only_when_asked(prepared_for) -> None:
     run, prepared, _ = _model(prepared_for, "aae_semi")
+    assert (run.model.consistency_weight, run.model.cluster_mi_weight) == (1000.0, 1000.0)  # the row's (README)
     torch.manual_seed(0)
     plain = MODELS.get("aae_semi").build(replace(run.model, {"consistency_weight": 0.0}), prepared.codec)
     x = prepared.train[:16]
@@ -310,5 +311,7 @@ def test_the_consistency_term_enters_the_main_loss_only_when_asked(prepared_for)
     on = terms(consistency_weight=3.0, consistency_shift=2, consistency_noise=0.1)
     assert float(on["consistency"]) > 0
     assert float(on["loss"]) == pytest.approx(float(base["loss"]) + float(on["consistency"]), rel=1e-5)
+    model = MODELS.get("aae_semi").build(replace(run.model, {"consistency_weight": 3.0}), prepared.codec)
+    assert "consistency" not in model.eval().objective.main_terms(model, x, 0)  # validation: deterministic
     with pytest.raises((ConfigError, UsageError), match="consistency-weight"):
         resolve_run_config("images", "aae_supervised", "smoke", None, {"model": {"consistency_weight": 1.0}})
