@@ -105,7 +105,8 @@ def supervised(args: argparse.Namespace) -> dict[str, Any]:
 class _Classifier(nn.Module):
     """The encoder and heads of a model trained on cross-entropy of labelled batches only."""
 
-    def __init__(self, model: nn.Module, lr_betas: tuple[float, float], augment: tuple[int, float] | None = None) -> None:
+    def __init__(self, model: nn.Module, lr_betas: tuple[float, float],
+                 augment: tuple[int, float] | None = None) -> None:
         super().__init__()
         self.encoder, self.latent = model.encoder, model.latent
         self.betas = lr_betas

@@ -310,7 +310,8 @@ def test_the_consistency_term_enters_the_main_loss_only_when_asked(prepared_for)
     assert float(same["consistency"]) == pytest.approx(0.0, abs=1e-6)
     on = terms(consistency_weight=3.0, consistency_shift=2, consistency_noise=0.1)
     assert float(on["consistency"]) > 0
-    assert float(on["loss"]) == pytest.approx(float(base["loss"]) + float(on["consistency"]), rel=1e-5)
+    total = float(base["loss"].detach()) + float(on["consistency"])
+    assert float(on["loss"].detach()) == pytest.approx(total, rel=1e-5)
     model = MODELS.get("aae_semi").build(replace(run.model, {"consistency_weight": 3.0}), prepared.codec)
     assert "consistency" not in model.eval().objective.main_terms(model, x, 0)  # validation: deterministic
     with pytest.raises((ConfigError, UsageError), match="consistency-weight"):
