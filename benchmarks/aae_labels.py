@@ -12,6 +12,8 @@ Trains each row with the quick image preset (channels 64, 128; style dim 16; bat
   same encoder and head trained as a plain classifier (cross-entropy only) on the same labelled
   batches (the 100 labelled examples paired with the training rows, labels.training_data), same
   steps, batch size, optimizer settings and seed. Target: at least 5 points above.
+  ``--augmented-baseline`` also prints, as context only, that baseline trained on labelled
+  batches perturbed as the row's consistency term perturbs images (shift + noise).
 - ``cluster`` (``aae_cluster``, 16 clusters): test error when each cluster takes the majority
   training label of its members, vs scikit-learn KMeans(16) on raw training pixels under the
   same protocol (labels.cluster_error). Target: below KMeans.
@@ -19,7 +21,7 @@ Trains each row with the quick image preset (channels 64, 128; style dim 16; bat
 Usage:
     python benchmarks/aae_labels.py [--dataset mnist5k] [--steps 1500] [--which supervised,semi,cluster]
         [--seed 0] [--style-dim 4] [--mi-weight W] [--category-tau T] [--consistency-weight W]
-        [--threads 1] [--runs-dir runs/aae_labels]
+        [--augmented-baseline] [--threads 1] [--runs-dir runs/aae_labels]
 
 Prints one line per figure and ONE JSON line at the end.
 """

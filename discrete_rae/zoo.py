@@ -168,7 +168,9 @@ ROWS: tuple[Row, ...] = (
         ("style_label", {"beta": 0.0, "label_classes": 10}), "label_normal", ("aae_supervised", {"adv_weight": 1.0}),
         _NONE, "prior", families=("images",)),
     Row("aae_semi", "semi-supervised AAE: a categorical head y and a style z, discriminators y vs one-hot and z vs "
-        "N(0, I), cross-entropy on 10 labels per class (Makhzani et al. 2016, sec. 6); images with class labels",
+        "N(0, I), cross-entropy on 10 labels per class (Makhzani et al. 2016, sec. 6), plus 1000 x the batch mutual "
+        "information I(x; y) (IMSAT) and 1000 x KL(y(x) || y(shifted noisy x)) (--cluster-mi-weight 0 "
+        "--consistency-weight 0 is the paper's objective); images with class labels",
         ("style_category", {"beta": 0.0, "label_classes": 10}), "label_normal",
         ("aae_semi", {"adv_weight": 1.0, "labels_per_class": 10, "cluster_mi_weight": 1000.0,
                       "consistency_weight": 1000.0}), _NONE, "prior", families=("images",)),
