@@ -21,8 +21,9 @@ random class with a random style).
 Departures from the paper (options; each 0 gives the paper's objective), measured on mnist5k
 (README): the batch mutual information -w * I(x; y) (IMSAT; ``cluster_mi_weight``, 1000 on both
 rows) and, on ``aae_semi``, a consistency term w * KL(y(x) || y(x')) with x' the image shifted by
-up to 2 pixels plus N(0, 0.1^2) noise (``consistency_weight`` 1000; the clean y is the fixed
-target, as in VAT / the Pi-model), both in the main phase on the unlabelled batch. With the paper's
+up to 2 pixels plus N(0, 0.1^2) noise (``consistency_weight`` 1000; an option, off, on
+``aae_cluster``; the clean y is the fixed target, as in VAT / the Pi-model), both in the main
+phase on the unlabelled batch (the consistency term in training mode only). With the paper's
 objective the head fitted the 100 labels and was no better than the same encoder trained as a
 classifier on them. ``category_prior_tau`` > 0 replaces the category discriminator's one-hot prior
 draws by Gumbel-softmax draws at that temperature (off by default).
