@@ -232,7 +232,8 @@ def test_the_mutual_information_term_enters_the_clustering_loss_only_when_asked(
     weighted.load_state_dict(model.state_dict())
     terms = weighted.objective.main_terms(weighted, x, 0)
     assert float(terms["neg_mi"]) < 0  # -w * I with I > 0 on a fresh head
-    assert float(terms["loss"].detach()) == pytest.approx(float(plain["loss"].detach()) + float(terms["neg_mi"]), rel=1e-5)
+    total = float(plain["loss"].detach()) + float(terms["neg_mi"])
+    assert float(terms["loss"].detach()) == pytest.approx(total, rel=1e-5)
     with pytest.raises((ConfigError, UsageError), match="cluster-mi-weight"):
         resolve_run_config("images", "aae_supervised", "smoke", None, {"model": {"cluster_mi_weight": 1.0}})
 
