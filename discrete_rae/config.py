@@ -163,6 +163,20 @@ class LatentConfig:
                                       "loss, I = H(mean y) - mean H(y) over the batch (keeps every category in "
                                       "use and each y confident; IMSAT, Hu et al. 2017); 0 = the AAE paper",
                                       ge=0, applies={"objective": ("aae_semi", "aae_cluster")})
+    category_prior_tau: float = option(0.0, "semi-supervised / clustering AAE: temperature of relaxed "
+                                       "(Gumbel-softmax) draws of a uniform categorical as the category "
+                                       "discriminator's prior side; 0 = exact one-hot draws (the AAE paper)", ge=0,
+                                       applies={"objective": ("aae_semi", "aae_cluster")})
+    consistency_weight: float = option(0.0, "semi-supervised / clustering AAE: weight w of w * KL(y(x) || "
+                                       "y(x')) in the main loss, x' = x shifted by up to --consistency-shift "
+                                       "pixels plus N(0, --consistency-noise^2) noise, y(x) held fixed; 0 = the "
+                                       "AAE paper", ge=0, applies={"objective": ("aae_semi", "aae_cluster")})
+    consistency_shift: int = option(2, "semi-supervised / clustering AAE: largest random shift (pixels, each "
+                                    "axis) of the consistency term's perturbed image", ge=0,
+                                    applies={"objective": ("aae_semi", "aae_cluster")})
+    consistency_noise: float = option(0.1, "semi-supervised / clustering AAE: standard deviation of the "
+                                      "consistency term's pixel noise", ge=0,
+                                      applies={"objective": ("aae_semi", "aae_cluster")})
     labels_per_class: int = option(10, "semi-supervised AAE: labelled training examples per class (a seeded, "
                                    "stratified draw)", ge=1, applies={"objective": ("aae_semi",)})
     # objective weights (objectives_mmd.py, objectives_iwae.py, objectives_mae.py)

@@ -152,7 +152,8 @@ ROWS: tuple[Row, ...] = (
     # --- part 2 of the family (adversarial)
     Row("aae", "AAE: deterministic code, a discriminator on codes vs N(0, I) draws, the encoder as its generator "
         "in its own phase, prior sampling (Makhzani et al. 2016)",
-        _code(0.0), _NORMAL, ("aae", {"adv_weight": 1.0}), _NONE, "prior"),
+        _code(0.0), _NORMAL, ("aae", {"adv_weight": 1.0, "adv_lr_ratio": Per(sequence=0.5, images=0.2)}), _NONE,
+        "prior"),
     Row("wae_gan", "WAE-GAN: deterministic code, lambda * GAN loss of the code in the main loss, log N(z; 0, I) "
         "added to the discriminator's logit, prior sampling (Tolstikhin et al. 2018)",
         _code(0.0), _NORMAL, ("wae_gan", {"adv_weight": Per(sequence=1.0, images=1000.0), "adv_sigma": 1.0}),
@@ -167,9 +168,12 @@ ROWS: tuple[Row, ...] = (
         ("style_label", {"beta": 0.0, "label_classes": 10}), "label_normal", ("aae_supervised", {"adv_weight": 1.0}),
         _NONE, "prior", families=("images",)),
     Row("aae_semi", "semi-supervised AAE: a categorical head y and a style z, discriminators y vs one-hot and z vs "
-        "N(0, I), cross-entropy on 10 labels per class (Makhzani et al. 2016, sec. 6); images with class labels",
+        "N(0, I), cross-entropy on 10 labels per class (Makhzani et al. 2016, sec. 6), plus 1000 x the batch mutual "
+        "information I(x; y) (IMSAT) and 1000 x KL(y(x) || y(shifted noisy x)) (--cluster-mi-weight 0 "
+        "--consistency-weight 0 is the paper's objective); images with class labels",
         ("style_category", {"beta": 0.0, "label_classes": 10}), "label_normal",
-        ("aae_semi", {"adv_weight": 1.0, "labels_per_class": 10}), _NONE, "prior", families=("images",)),
+        ("aae_semi", {"adv_weight": 1.0, "labels_per_class": 10, "cluster_mi_weight": 1000.0,
+                      "consistency_weight": 1000.0}), _NONE, "prior", families=("images",)),
     Row("aae_cluster", "clustering AAE: the semi-supervised AAE without labels, 16 clusters = argmax of the head "
         "(Makhzani et al. 2016, sec. 7), plus 1000 x the batch mutual information I(x; y) (IMSAT; "
         "--cluster-mi-weight 0 is the paper's objective); images", ("style_category", {"beta": 0.0, "label_classes": 16}),

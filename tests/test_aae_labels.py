@@ -232,6 +232,88 @@ def test_the_mutual_information_term_enters_the_clustering_loss_only_when_asked(
     weighted.load_state_dict(model.state_dict())
     terms = weighted.objective.main_terms(weighted, x, 0)
     assert float(terms["neg_mi"]) < 0  # -w * I with I > 0 on a fresh head
-    assert float(terms["loss"]) == pytest.approx(float(plain["loss"]) + float(terms["neg_mi"]), rel=1e-5)
+    total = float(plain["loss"].detach()) + float(terms["neg_mi"])
+    assert float(terms["loss"].detach()) == pytest.approx(total, rel=1e-5)
     with pytest.raises((ConfigError, UsageError), match="cluster-mi-weight"):
         resolve_run_config("images", "aae_supervised", "smoke", None, {"model": {"cluster_mi_weight": 1.0}})
+
+
+def test_shifted_moves_whole_pixels_within_the_bound_and_adds_noise_only_when_asked() -> None:
+    from discrete_rae.objectives_labels import shifted
+
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0
+    torch.manual_seed(0)
+    moved = shifted(x, 2, 0.0)
+    where = [(m[0] == 1).nonzero().tolist() for m in moved]
+    assert all(len(w) == 1 for w in where) and torch.allclose(moved.sum((1, 2, 3)), torch.ones(64))
+    offsets = {(w[0][0] - 4, w[0][1] - 4) for w in where}
+    assert all(max(abs(a), abs(b)) <= 2 for a, b in offsets) and len(offsets) > 5  # random, within +-2
+    assert torch.equal(shifted(x, 0, 0.0), x)
+    noisy = shifted(x, 0, 0.1)
+    assert 0.05 < float((noisy - x).std()) < 0.2
+
+
+def test_consistency_kl_is_zero_on_agreement_and_the_kl_otherwise() -> None:
+    import math
+
+    from discrete_rae.objectives_labels import consistency_kl
+
+    clean = torch.tensor([[0.0, 0.0]])
+    assert float(consistency_kl(clean, clean)) == pytest.approx(0.0, abs=1e-7)
+    other = torch.tensor([[math.log(3.0), 0.0]], requires_grad=True)  # p' = (0.75, 0.25)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    clean = clean.clone().requires_grad_(True)
+    kl = consistency_kl(clean, other)
+    assert float(kl.detach()) == pytest.approx(expected, rel=1e-6)
+    kl.backward()
+    assert clean.grad is None and other.grad is not None  # the clean prediction is the fixed target
+
+
+def test_relaxed_category_draws_replace_the_one_hots_only_when_asked(prepared_for) -> None:
+    from discrete_rae.objectives_labels import relaxed_one_hots
+
+    torch.manual_seed(0)
+    y = relaxed_one_hots(2000, 10, 0.5, torch.zeros(1))
+    assert y.shape == (2000, 10) and torch.allclose(y.sum(-1), torch.ones(2000), atol=1e-5)
+    assert 0.4 < float(y.max(-1).values.mean()) < 0.99  # soft, not one-hots
+    counts = torch.bincount(y.argmax(-1), minlength=10).float()
+    assert float(counts.min()) > 120  # uniform over the categories (200 expected each)
+    sharp = relaxed_one_hots(2000, 10, 0.01, torch.zeros(1))
+    assert float(sharp.max(-1).values.mean()) > 0.99
+    run, prepared, model = _model(prepared_for, "aae_semi")
+    prior = model.prior.sample(8)
+    assert torch.equal(model.objective.category_draws(prior), prior[:, :10])  # the paper: the one-hots
+    relaxed = MODELS.get("aae_semi").build(replace(run.model, {"category_prior_tau": 0.5}), prepared.codec)
+    soft = relaxed.objective.category_draws(prior)
+    assert soft.shape == (8, 10) and not torch.equal(soft, prior[:, :10])
+    with pytest.raises((ConfigError, UsageError), match="category-prior-tau"):
+        resolve_run_config("images", "aae", "smoke", None, {"model": {"category_prior_tau": 0.5}})
+
+
+def test_the_consistency_term_enters_the_main_loss_only_when_asked(prepared_for) -> None:
+    run, prepared, _ = _model(prepared_for, "aae_semi")
+    assert (run.model.consistency_weight, run.model.cluster_mi_weight) == (1000.0, 1000.0)  # the row's (README)
+    torch.manual_seed(0)
+    plain = MODELS.get("aae_semi").build(replace(run.model, {"consistency_weight": 0.0}), prepared.codec)
+    x = prepared.train[:16]
+    torch.manual_seed(1)
+    base = plain.objective.main_terms(plain, x, 0)
+    assert "consistency" not in base
+
+    def terms(**options):
+        model = MODELS.get("aae_semi").build(replace(run.model, options), prepared.codec)
+        model.load_state_dict(plain.state_dict())
+        torch.manual_seed(1)
+        return model.objective.main_terms(model, x, 0)
+
+    same = terms(consistency_weight=3.0, consistency_shift=0, consistency_noise=0.0)  # x' = x: KL 0
+    assert float(same["consistency"]) == pytest.approx(0.0, abs=1e-6)
+    on = terms(consistency_weight=3.0, consistency_shift=2, consistency_noise=0.1)
+    assert float(on["consistency"]) > 0
+    total = float(base["loss"].detach()) + float(on["consistency"])
+    assert float(on["loss"].detach()) == pytest.approx(total, rel=1e-5)
+    model = MODELS.get("aae_semi").build(replace(run.model, {"consistency_weight": 3.0}), prepared.codec)
+    assert "consistency" not in model.eval().objective.main_terms(model, x, 0)  # validation: deterministic
+    with pytest.raises((ConfigError, UsageError), match="consistency-weight"):
+        resolve_run_config("images", "aae_supervised", "smoke", None, {"model": {"consistency_weight": 1.0}})

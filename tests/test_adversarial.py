@@ -49,7 +49,10 @@ def test_rows_have_their_phases_and_optimizers(prepared_for, name):
     assert not disc & main_params  # the autoencoder's optimizer never moves the discriminator
     assert {id(p) for g in optimizers["discriminator"].param_groups for p in g["params"]} == disc
     assert all(g["betas"] == (0.5, 0.999) for opt in optimizers.values() for g in opt.param_groups)
-    assert optimizers["discriminator"].param_groups[0]["lr"] == pytest.approx(5e-4)
+    # the image aae row's slower discriminator (README: held-out accuracy 0.74 at 0.5, 0.66 at 0.2)
+    ratio = 0.2 if name == "aae" else 0.5
+    assert run.model.adv_lr_ratio == ratio
+    assert optimizers["discriminator"].param_groups[0]["lr"] == pytest.approx(1e-3 * ratio)
     if name == "aae":
         gen = {id(p) for g in optimizers["generator"].param_groups for p in g["params"]}
         assert gen == {id(p) for m in (model.encoder, model.latent) for p in m.parameters()}
