@@ -87,6 +87,8 @@ log = logging.getLogger(__name__)
 ACTIVE_THRESHOLD = 0.5
 #: the polynomial weight's start (times 1 / D) and cap, from the paper's code
 POLY_START, POLY_CAP = 2.0, 2048.0
+#: a drop of the soft count sum(alpha) by this much (one dimension) counts as the descent moving
+STALL_TOL = 1.0
 #: WGAN-GP's Adam betas for the critic, the generator and the mask
 WGAN_BETAS = (0.5, 0.9)
 
@@ -159,10 +161,44 @@ def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:
     return ((z - z.mean(0, keepdim=True)).pow(2) * torch.exp(-10.0 * alpha.pow(2))).mean()
 
 
-def poly_weight(step: int, dim: int, every: int) -> float:
-    """c_t = min(2048, (2 / D) 2^floor(step / every)): doubles every ``every`` steps."""
-    doublings = min(step // max(every, 1), 64)
+def poly_weight(step: int, dim: int, every: int, start: int = 0) -> float:
+    """c_t = min(2048, (2 / D) 2^floor((step - start) / every)) from step ``start`` on, 2 / D before
+    it and while ``start`` < 0 (the doubling has not started)."""
+    if start < 0 or step < start:
+        return POLY_START / dim
+    doublings = min((step - start) // max(every, 1), 64)
     return min(POLY_CAP, POLY_START / dim * 2.0 ** doublings)
+
+
+class DescentStall(nn.Module):
+    """When the mask's descent has stopped: the step from which the polynomial weight doubles.
+
+    The soft count s_t = sum_d alpha_d is followed from a reference value s_ref (the first s_t, then
+    each s_t that lies at least ``STALL_TOL`` (one dimension) below the reference); the descent has
+    stalled once ``patience`` steps pass without such a drop, and the doubling starts at that step
+    (``start``; -1 before). ``patience`` 0: start at step 0 (the paper's schedule). Buffers, so that
+    a resumed run continues the same schedule.
+    """
+
+    def __init__(self, patience: int) -> None:
+        super().__init__()
+        self.patience = int(patience)
+        self.register_buffer("ref", torch.tensor(math.inf))
+        self.register_buffer("since", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("start", torch.tensor(0 if patience == 0 else -1, dtype=torch.long))
+
+    def update(self, step: int, soft: float) -> int:
+        """Record s_t at ``step``; returns the doubling's start step (-1: not yet)."""
+        if int(self.start) >= 0:
+            return int(self.start)
+        if soft <= float(self.ref) - STALL_TOL:
+            self.ref.fill_(soft)
+            self.since.fill_(step)
+        elif step - int(self.since) >= self.patience:
+            self.start.fill_(step)
+            log.info("mask descent stalled at step %d (sum alpha %.2f): polynomial weight doubles from here",
+                     step, soft)
+        return int(self.start)
 
 
 @OBJECTIVES.register("mask_aae")
@@ -181,6 +217,7 @@ class MaskAAE(Penalized):
         self.critic_lr, self.mask_lr = float(cfg.critic_lr), float(cfg.mask_lr)
         self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
         self.poly_every = int(cfg.mask_poly_every)
+        self.stall = DescentStall(int(cfg.mask_poly_patience))
 
     def attach(self, model: Any) -> None:
         """Make the model's decoder read alpha * z (called once by the model)."""
@@ -248,13 +285,16 @@ class MaskAAE(Penalized):
             z = model.latent(model.encoder(x)).z
         rec = model.likelihood.nll(model.decoder(z, x), x).mean()  # the decoder applies alpha
         w = self.wasserstein(z.float() * alpha, self.masked_prior(model, len(z), alpha))
-        c = poly_weight(step, self.dim, self.poly_every)
+        a = alpha.detach()
+        # the schedule follows the training steps only (an evaluation call must not move it)
+        start = self.stall.update(step, float(a.sum())) if self.training else int(self.stall.start)
+        c = poly_weight(step, self.dim, self.poly_every, start)
         poly = (alpha * (1 - alpha)).sum()
         loss = self.rec_weight * rec + (1.0 + w).pow(2) + c * poly
-        a = alpha.detach()
         trace = {f"alpha_{d:02d}": a[d] for d in range(self.dim)}
         return {"loss": loss, "rec": rec.detach(), "w": w.detach(), "poly": poly.detach(),
-                "poly_weight": a.new_tensor(c), "active": (a > ACTIVE_THRESHOLD).sum().float(), **trace}
+                "poly_weight": a.new_tensor(c), "soft_count": a.sum(),
+                "active": (a > ACTIVE_THRESHOLD).sum().float(), **trace}
 
     # --- optimizers -------------------------------------------------------------------------------
     def extra_optimizers(self, model: Any, lr: float) -> dict[str, torch.optim.Optimizer]:

@@ -12,7 +12,7 @@ from resume_exact import assert_same_training, resume_runs
 
 from discrete_rae.config import replace
 from discrete_rae.errors import ConfigError, UsageError
-from discrete_rae.objectives_mask import (LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
+from discrete_rae.objectives_mask import (DescentStall, LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
                                           mask_report, poly_weight, variance_penalty)
 from discrete_rae.registry import MODELS
 from discrete_rae.runconfig import resolve_run_config
@@ -121,11 +121,50 @@ def test_poly_weight_doubles_on_its_schedule(prepared_for):
     assert poly_weight(250, 32, 100) == pytest.approx(8 / 32)
     assert [poly_weight(s, 16, 7) for s in (0, 7, 14, 21)] == pytest.approx([0.125, 0.25, 0.5, 1.0])
     assert poly_weight(10**6, 32, 100) == 2048.0  # the cap
-    _, prepared, model = _model(prepared_for, mask_poly_every=3)
+    # a later start: 2 / D until it (and while it is unknown, -1), then the same doubling
+    assert [poly_weight(s, 32, 10, 300) for s in (0, 299, 300, 309, 310, 335)] == pytest.approx(
+        [2 / 32, 2 / 32, 2 / 32, 2 / 32, 4 / 32, 16 / 32])
+    assert poly_weight(10**5, 32, 10, -1) == pytest.approx(2 / 32)
+    # patience 0: the paper's schedule from step 0
+    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_patience=0)
+    model.train()
     dim = model.objective.dim
     for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim)):
         terms = model.objective.mask_terms(model, prepared.train[:8], step)
         assert terms["poly_weight"].item() == pytest.approx(expected)
+
+
+def test_descent_stall_starts_the_doubling():
+    """The doubling starts `patience` steps after the soft count last fell by one dimension."""
+    stall = DescentStall(patience=5)
+    assert stall.update(0, 30.0) == -1  # the first value is the reference
+    # falling by >= 1 resets the clock; smaller wiggles do not
+    for step, soft in ((1, 29.5), (2, 28.9), (3, 28.5), (4, 28.2), (5, 27.85), (6, 27.8)):
+        assert stall.update(step, soft) == -1
+    assert float(stall.ref) == pytest.approx(27.85) and int(stall.since) == 5
+    for step in range(7, 10):
+        assert stall.update(step, 27.5) == -1  # less than one below 27.85: no reset
+    assert stall.update(10, 27.5) == 10  # 5 steps since step 5: stalled, doubling from step 10
+    assert stall.update(11, 3.0) == 10 and stall.update(500, 1.0) == 10  # fixed once started
+    assert DescentStall(patience=0).update(7, 30.0) == 0
+    # the schedule it drives, at D = 16, doubling every 3 steps
+    assert [poly_weight(s, 16, 3, 10) for s in (9, 10, 13, 16)] == pytest.approx([0.125, 0.125, 0.25, 0.5])
+
+
+def test_stall_is_tracked_in_training_only_and_saved(prepared_for):
+    _, prepared, model = _model(prepared_for, mask_poly_patience=2, mask_poly_every=1)
+    obj = model.objective
+    x = prepared.train[:8]
+    model.eval()
+    for step in range(5):  # evaluation calls leave the schedule alone
+        assert obj.mask_terms(model, x, step)["poly_weight"].item() == pytest.approx(2 / obj.dim)
+    assert int(obj.stall.start) == -1 and float(obj.stall.ref) == float("inf")
+    model.train()
+    weights = [obj.mask_terms(model, x, step)["poly_weight"].item() for step in range(5)]
+    # the mask does not move (no optimizer step): stalled at step 2, then doubling every step
+    assert weights == pytest.approx([2 / obj.dim, 2 / obj.dim, 2 / obj.dim, 4 / obj.dim, 8 / obj.dim])
+    state = model.state_dict()
+    assert int(state["objective.stall.start"]) == 2 and "objective.stall.ref" in state
 
 
 def test_mask_loss_terms(prepared_for):
