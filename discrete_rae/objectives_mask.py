@@ -39,16 +39,26 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    xhat = p + u (q - p), u ~ U(0, 1) per example, lambda_gp = ``critic_gp`` (10).
 3. ``generator`` (Adam, ``critic_lr``, betas (0.5, 0.9); encoder + latent head, as in the
    paper's code: the mask is not a generator variable): L_G = -mean C(alpha z).
-4. ``mask`` (Adam at ``mask_lr``, 2e-2, betas (0.5, 0.9); only r; the paper's code uses 5e-4
-   with RMSProp over 500k steps, which moves the mask too little in a few hundred CPU steps):
+4. ``mask`` (Adam at ``mask_lr``, 5e-2, betas (0.5, 0.9); only r; the paper's code uses 5e-4
+   with RMSProp over 500k steps, which moves the mask too little in a few hundred CPU steps: Adam
+   moves r by about the learning rate per step, and a ~ U(0, 5) starts r as high as 5):
    L_M = rec_w * rec(x | alpha z) + (1 + W)^2 + c_t * sum_d alpha_d (1 - alpha_d)
    with W = mean C(alpha p) - mean C(alpha z) the critic's estimate of the Wasserstein distance
    between masked prior and masked codes (the paper's code writes (1 - (mean C(q) - mean C(p)))^2,
    the same term). The reconstruction keeps informative dimensions on, the W term switches off
    those whose codes do not follow the prior, and the polynomial term pushes every alpha to 0
-   or 1 with a weight that doubles every ``mask_poly_every`` steps:
-   c_t = min(2048, (2 / D) * 2^floor(t / mask_poly_every))   (start 2 / D and cap 2048: the
-   paper's code; its period is 450 D steps for D > 20 over 500k steps, far beyond a CPU budget).
+   or 1 with a weight that doubles every ``mask_poly_every`` (10) steps from a start step t0:
+   c_t = 2 / D before t0,  min(2048, (2 / D) * 2^floor((t - t0) / mask_poly_every)) after
+   (start 2 / D and cap 2048: the paper's code).
+
+**The doubling's start (a departure).** The paper's code doubles from step 0 with a period of
+450 D steps over 500k steps, so the weight stays small until the mask has long settled. In a
+budget of hundreds of steps a doubling from step 0 freezes every alpha on its side of 0.5 while
+the W term is still pulling them down, and the count is that of an unfinished descent (which
+depends on D). Here t0 is the step at which the descent stalls (:class:`DescentStall`): the soft
+count sum_d alpha_d has not fallen by one dimension for ``mask_poly_patience`` (100) steps; the
+weight then doubles quickly (every 10 steps) and only rounds the settled alphas to 0 or 1.
+``mask_poly_patience`` 0 restores the paper's schedule (t0 = 0).
 
 Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
 toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
@@ -57,7 +67,8 @@ toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` 
 Validation, early stopping and the NaN guard read ``model.loss``: the reconstruction through the
 masked decoder (the ``penalized`` terms), never an adversarial or mask term.
 
-Monitoring: the mask phase logs ``mask/active`` (alpha > 0.5), ``mask/poly_weight`` and every
+Monitoring: the mask phase logs ``mask/active`` (alpha > 0.5), ``mask/soft_count`` (sum alpha),
+``mask/poly_weight`` and every
 ``mask/alpha_<d>``, so metrics.jsonl holds the mask trace per epoch (epoch means);
 :func:`mask_report` adds ``mask_active`` and ``mask_alpha`` to the evaluation and draws
 ``mask_trace.png`` from that history.
@@ -161,13 +172,18 @@ def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:
     return ((z - z.mean(0, keepdim=True)).pow(2) * torch.exp(-10.0 * alpha.pow(2))).mean()
 
 
-def poly_weight(step: int, dim: int, every: int, start: int = 0) -> float:
-    """c_t = min(2048, (2 / D) 2^floor((step - start) / every)) from step ``start`` on, 2 / D before
-    it and while ``start`` < 0 (the doubling has not started)."""
-    if start < 0 or step < start:
-        return POLY_START / dim
-    doublings = min((step - start) // max(every, 1), 64)
-    return min(POLY_CAP, POLY_START / dim * 2.0 ** doublings)
+def poly_weight(step: int, dim: int, every: int, start: int = 0, hold: float = math.inf) -> float:
+    """The polynomial weight c_t (module docstring), capped at 2048, with h = max(hold, 2 / D):
+    before step ``start`` (or while ``start`` < 0) min(h, (2 / D) 2^floor(step / every)), the
+    paper's doubling paused at h; from ``start`` on h 2^floor((step - start) / every).
+    ``hold`` inf: the paper's schedule (the doubling never pauses)."""
+    every = max(every, 1)
+    h = max(hold, POLY_START / dim)
+    if 0 <= start <= step and math.isfinite(h):
+        c = h * 2.0 ** min((step - start) // every, 64)
+    else:
+        c = min(h, POLY_START / dim * 2.0 ** min(step // every, 64))
+    return min(POLY_CAP, c)
 
 
 class DescentStall(nn.Module):
@@ -218,6 +234,7 @@ class MaskAAE(Penalized):
         self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
         self.poly_every = int(cfg.mask_poly_every)
         self.stall = DescentStall(int(cfg.mask_poly_patience))
+        self.poly_hold = float(cfg.mask_poly_hold)
 
     def attach(self, model: Any) -> None:
         """Make the model's decoder read alpha * z (called once by the model)."""
@@ -288,7 +305,7 @@ class MaskAAE(Penalized):
         a = alpha.detach()
         # the schedule follows the training steps only (an evaluation call must not move it)
         start = self.stall.update(step, float(a.sum())) if self.training else int(self.stall.start)
-        c = poly_weight(step, self.dim, self.poly_every, start)
+        c = poly_weight(step, self.dim, self.poly_every, start, self.poly_hold)
         poly = (alpha * (1 - alpha)).sum()
         loss = self.rec_weight * rec + (1.0 + w).pow(2) + c * poly
         trace = {f"alpha_{d:02d}": a[d] for d in range(self.dim)}

@@ -4,6 +4,7 @@ other rows, the evaluation's active count and trace picture, exact resume."""
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -121,15 +122,19 @@ def test_poly_weight_doubles_on_its_schedule(prepared_for):
     assert poly_weight(250, 32, 100) == pytest.approx(8 / 32)
     assert [poly_weight(s, 16, 7) for s in (0, 7, 14, 21)] == pytest.approx([0.125, 0.25, 0.5, 1.0])
     assert poly_weight(10**6, 32, 100) == 2048.0  # the cap
-    # a later start: 2 / D until it (and while it is unknown, -1), then the same doubling
-    assert [poly_weight(s, 32, 10, 300) for s in (0, 299, 300, 309, 310, 335)] == pytest.approx(
-        [2 / 32, 2 / 32, 2 / 32, 2 / 32, 4 / 32, 16 / 32])
-    assert poly_weight(10**5, 32, 10, -1) == pytest.approx(2 / 32)
-    # patience 0: the paper's schedule from step 0
-    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_patience=0)
+    # a finite hold: the doubling pauses at h = max(hold, 2 / D) until ``start``, then doubles from h
+    assert [poly_weight(s, 32, 10, -1, 0.5) for s in (0, 10, 20, 30, 40, 10**5)] == pytest.approx(
+        [2 / 32, 4 / 32, 8 / 32, 16 / 32, 0.5, 0.5])
+    assert [poly_weight(s, 32, 10, 300, 0.5) for s in (20, 299, 300, 309, 310, 335, 10**5)] == pytest.approx(
+        [8 / 32, 0.5, 0.5, 0.5, 1.0, 4.0, 2048.0])
+    assert poly_weight(500, 8, 10, -1, 0.1) == pytest.approx(2 / 8)  # the hold never lowers the start
+    # the hold is per dimension: the same value at every D (the paper's start 2 / D is not)
+    assert {poly_weight(400, dim, 10, -1, 0.5) for dim in (16, 32, 64)} == {0.5}
+    # hold inf, patience 0: the paper's schedule from step 0, through the objective
+    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_patience=0, mask_poly_hold=math.inf)
     model.train()
     dim = model.objective.dim
-    for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim)):
+    for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim), (30, 2**11 / dim)):
         terms = model.objective.mask_terms(model, prepared.train[:8], step)
         assert terms["poly_weight"].item() == pytest.approx(expected)
 
@@ -147,22 +152,23 @@ def test_descent_stall_starts_the_doubling():
     assert stall.update(10, 27.5) == 10  # 5 steps since step 5: stalled, doubling from step 10
     assert stall.update(11, 3.0) == 10 and stall.update(500, 1.0) == 10  # fixed once started
     assert DescentStall(patience=0).update(7, 30.0) == 0
-    # the schedule it drives, at D = 16, doubling every 3 steps
-    assert [poly_weight(s, 16, 3, 10) for s in (9, 10, 13, 16)] == pytest.approx([0.125, 0.125, 0.25, 0.5])
+    # the schedule it drives, at D = 16, hold 1, doubling every 3 steps
+    assert [poly_weight(s, 16, 3, 10, 1.0) for s in (3, 9, 10, 13, 16)] == pytest.approx([0.25, 1.0, 1.0, 2.0, 4.0])
 
 
 def test_stall_is_tracked_in_training_only_and_saved(prepared_for):
     _, prepared, model = _model(prepared_for, mask_poly_patience=2, mask_poly_every=1)
     obj = model.objective
     x = prepared.train[:8]
+    h = max(obj.poly_hold, 2 / obj.dim)
     model.eval()
-    for step in range(5):  # evaluation calls leave the schedule alone
-        assert obj.mask_terms(model, x, step)["poly_weight"].item() == pytest.approx(2 / obj.dim)
+    for step in range(5):  # evaluation calls leave the schedule alone: paused at h
+        assert obj.mask_terms(model, x, step)["poly_weight"].item() == pytest.approx(min(h, 2**step * 2 / obj.dim))
     assert int(obj.stall.start) == -1 and float(obj.stall.ref) == float("inf")
     model.train()
     weights = [obj.mask_terms(model, x, step)["poly_weight"].item() for step in range(5)]
-    # the mask does not move (no optimizer step): stalled at step 2, then doubling every step
-    assert weights == pytest.approx([2 / obj.dim, 2 / obj.dim, 2 / obj.dim, 4 / obj.dim, 8 / obj.dim])
+    # the mask does not move (no optimizer step): stalled at step 2, then doubling from h every step
+    assert weights == pytest.approx([min(h, 2 / obj.dim), min(h, 4 / obj.dim), h, 2 * h, 4 * h])
     state = model.state_dict()
     assert int(state["objective.stall.start"]) == 2 and "objective.stall.ref" in state
 
