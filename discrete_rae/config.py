@@ -156,7 +156,9 @@ class LatentConfig:
                                     applies=_MASK)
     mask_poly_every: int = option(10, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
                                   "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
-    mask_poly_hold: float = option(0.5, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, the "
+    mask_poly_start: int = option(300, "MaskAAE: the paused doubling resumes at this step at the latest (0: only "
+                                  "when the descent stalls)", ge=0, applies=_MASK)
+    mask_poly_hold: float = option(2.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, the "
                                    "same for every latent_dim) until the mask's descent stalls", gt=0,
                                    applies=_MASK)
     mask_poly_patience: int = option(100, "MaskAAE: the doubling starts once sum(alpha) has not fallen by 1 for "

@@ -196,9 +196,9 @@ class DescentStall(nn.Module):
     a resumed run continues the same schedule.
     """
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, patience: int, latest: int = 0) -> None:
         super().__init__()
-        self.patience = int(patience)
+        self.patience, self.latest = int(patience), int(latest)
         self.register_buffer("ref", torch.tensor(math.inf))
         self.register_buffer("since", torch.tensor(0, dtype=torch.long))
         self.register_buffer("start", torch.tensor(0 if patience == 0 else -1, dtype=torch.long))
@@ -214,6 +214,9 @@ class DescentStall(nn.Module):
             self.start.fill_(step)
             log.info("mask descent stalled at step %d (sum alpha %.2f): polynomial weight doubles from here",
                      step, soft)
+        if int(self.start) < 0 and 0 < self.latest <= step:
+            self.start.fill_(step)
+            log.info("mask: step %d reached (sum alpha %.2f): polynomial weight doubles from here", step, soft)
         return int(self.start)
 
 
@@ -233,7 +236,7 @@ class MaskAAE(Penalized):
         self.critic_lr, self.mask_lr = float(cfg.critic_lr), float(cfg.mask_lr)
         self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
         self.poly_every = int(cfg.mask_poly_every)
-        self.stall = DescentStall(int(cfg.mask_poly_patience))
+        self.stall = DescentStall(int(cfg.mask_poly_patience), int(cfg.mask_poly_start))
         self.poly_hold = float(cfg.mask_poly_hold)
 
     def attach(self, model: Any) -> None:

@@ -152,6 +152,10 @@ def test_descent_stall_starts_the_doubling():
     assert stall.update(10, 27.5) == 10  # 5 steps since step 5: stalled, doubling from step 10
     assert stall.update(11, 3.0) == 10 and stall.update(500, 1.0) == 10  # fixed once started
     assert DescentStall(patience=0).update(7, 30.0) == 0
+    # the latest start: a descent that never stalls still ends its pause at step ``latest``
+    deadline = DescentStall(patience=5, latest=8)
+    assert [deadline.update(step, 30.0 - 2 * step) for step in range(10)] == [-1] * 8 + [8, 8]
+    assert DescentStall(patience=5, latest=0).update(10**6, 3.0) == -1  # latest 0: only the stall
     # the schedule it drives, at D = 16, hold 1, doubling every 3 steps
     assert [poly_weight(s, 16, 3, 10, 1.0) for s in (3, 9, 10, 13, 16)] == pytest.approx([0.25, 1.0, 1.0, 2.0, 4.0])
 
@@ -280,3 +284,14 @@ def test_resume_is_exact_with_the_mask_and_every_optimizer(prepared_for, tmp_pat
     assert set(ckpt["trainer"]["optimizers"]) == set(PHASES)
     assert type(ckpt["model_state"]["objective.mask.raw"]) is torch.Tensor
     assert_same_training(ref_trainer, ref, resumed_trainer, resumed)
+
+
+def test_latest_start_from_the_config(prepared_for):
+    """--mask-poly-start ends the pause even while the soft count keeps falling."""
+    _, prepared, model = _model(prepared_for, mask_poly_patience=1000, mask_poly_start=3, mask_poly_every=1)
+    obj = model.objective
+    h = max(obj.poly_hold, 2 / obj.dim)
+    model.train()
+    weights = [obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() for step in range(6)]
+    assert int(obj.stall.start) == 3
+    assert weights[3:] == pytest.approx([h, 2 * h, 4 * h]) and max(weights[:3]) <= h
