@@ -130,8 +130,9 @@ def test_poly_weight_doubles_on_its_schedule(prepared_for):
     assert poly_weight(500, 8, 10, -1, 0.1) == pytest.approx(2 / 8)  # the hold never lowers the start
     # the hold is per dimension: the same value at every D (the paper's start 2 / D is not)
     assert {poly_weight(400, dim, 10, -1, 0.5) for dim in (16, 32, 64)} == {0.5}
-    # hold inf, patience 0: the paper's schedule from step 0, through the objective
-    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_patience=0, mask_poly_hold=math.inf)
+    assert poly_weight(10**5, 32, 100) == 2048.0 and poly_weight(250, 32, 100, 0, math.inf) == pytest.approx(8 / 32)
+    # hold 2048 (the cap): the paper's schedule from step 0 whatever the start, through the objective
+    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_start=2, mask_poly_hold=2048.0)
     model.train()
     dim = model.objective.dim
     for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim), (30, 2**11 / dim)):
