@@ -149,17 +149,18 @@ class LatentConfig:
                               applies=_MASK)
     critic_lr: float = option(1e-4, "MaskAAE: Adam learning rate of the critic and of the encoder's generator "
                               "phase (betas 0.5, 0.9)", gt=0, applies=_MASK)
-    mask_lr: float = option(5e-2, "MaskAAE: Adam learning rate of the mask parameters", gt=0, applies=_MASK)
+    mask_lr: float = option(2e-2, "MaskAAE: Adam learning rate of the mask parameters", gt=0, applies=_MASK)
     mask_var_weight: float = option(100.0, "MaskAAE: weight of the variance penalty on masked-off code dimensions",
                                     ge=0, applies=_MASK)
     mask_rec_weight: float = option(1.0, "MaskAAE: weight of the reconstruction in the mask's loss", ge=0,
                                     applies=_MASK)
-    mask_poly_every: int = option(10, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
+    mask_poly_every: int = option(50, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
                                   "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
     mask_poly_start: int = option(300, "MaskAAE: the paused doubling resumes at this step at the latest (0: only "
                                   "when the descent stalls)", ge=0, applies=_MASK)
-    mask_poly_hold: float = option(2.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, the "
-                                   "same for every latent_dim) until the mask's descent stalls", gt=0,
+    mask_poly_hold: float = option(2048.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, "
+                                   "the same for every latent_dim) until the mask's descent stalls (>= 2048: no "
+                                   "pause, the paper's schedule)", gt=0,
                                    applies=_MASK)
     mask_poly_patience: int = option(100, "MaskAAE: the doubling starts once sum(alpha) has not fallen by 1 for "
                                      "this many steps (0: from step 0, the paper's schedule)", ge=0, applies=_MASK)

@@ -162,7 +162,7 @@ def test_descent_stall_starts_the_doubling():
 
 
 def test_stall_is_tracked_in_training_only_and_saved(prepared_for):
-    _, prepared, model = _model(prepared_for, mask_poly_patience=2, mask_poly_every=1)
+    _, prepared, model = _model(prepared_for, mask_poly_patience=2, mask_poly_every=1, mask_poly_hold=2.0)
     obj = model.objective
     x = prepared.train[:8]
     h = max(obj.poly_hold, 2 / obj.dim)
@@ -287,9 +287,21 @@ def test_resume_is_exact_with_the_mask_and_every_optimizer(prepared_for, tmp_pat
     assert_same_training(ref_trainer, ref, resumed_trainer, resumed)
 
 
+def test_default_schedule_is_the_papers(prepared_for):
+    """The defaults (hold 2048, the cap) never pause: (2 / D) 2^floor(t / 50), whatever the stall."""
+    _, prepared, model = _model(prepared_for, mask_poly_patience=1, mask_poly_start=2)
+    obj = model.objective
+    model.train()
+    for step in (0, 1, 2, 3, 50, 120, 260):
+        expected = min(2048.0, 2 / obj.dim * 2 ** (step // 50))
+        assert obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() == pytest.approx(expected)
+    assert int(obj.stall.start) == 1  # stalled at step 1 (patience 1): recorded, but changes nothing
+
+
 def test_latest_start_from_the_config(prepared_for):
     """--mask-poly-start ends the pause even while the soft count keeps falling."""
-    _, prepared, model = _model(prepared_for, mask_poly_patience=1000, mask_poly_start=3, mask_poly_every=1)
+    _, prepared, model = _model(prepared_for, mask_poly_patience=1000, mask_poly_start=3, mask_poly_every=1,
+                                mask_poly_hold=2.0)
     obj = model.objective
     h = max(obj.poly_hold, 2 / obj.dim)
     model.train()
