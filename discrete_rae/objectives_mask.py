@@ -62,8 +62,8 @@ hundreds of steps a doubling from step 0 freezes every alpha on its side of 0.5 
 is still pulling them down, and the count is that of an unfinished descent (on mnist5k at 600
 steps: 15 / 21 / 23 active at D = 16 / 32 / 64). Without a growing weight the opposite happens:
 W(alpha q, alpha p) scales with a common factor of alpha and the decoder absorbs that factor, so
-the W term shrinks every alpha together (on mnist5k at D = 64, a weight kept at 2 / D or at 0.5:
-all 64 alphas end between 0.02 and 0.47, none active). The pause at h slows that common shrinking,
+the W term shrinks every alpha together (on mnist5k at D = 64 with the weight kept at 2 / D,
+all 64 alphas end between 0.02 and 0.47, none active; kept at 0.5 it took the same path). The pause at h slows that common shrinking,
 and the fast doubling from t0 rounds the alphas to 0 or 1. Measured on mnist5k at 600 steps with
 hold 2, doubling every 10 steps, mask lr 5e-2, t0 at the stall or step 300: 7 / 8 / 18 active at
 D = 16 / 32 / 64, further apart than the paper's schedule (15 / 21 / 23), so the default is the
