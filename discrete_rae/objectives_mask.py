@@ -201,8 +201,9 @@ class DescentStall(nn.Module):
     The soft count s_t = sum_d alpha_d is followed from a reference value s_ref (the first s_t, then
     each s_t that lies at least ``STALL_TOL`` (one dimension) below the reference); the descent has
     stalled once ``patience`` steps pass without such a drop, and the doubling starts at that step
-    (``start``; -1 before). ``patience`` 0: start at step 0 (the paper's schedule). Buffers, so that
-    a resumed run continues the same schedule.
+    (``start``; -1 before), or at step ``latest`` if that comes first (0: no latest step).
+    ``patience`` 0: the pause ends at step 0. Buffers, so that a resumed run continues the same
+    schedule.
     """
 
     def __init__(self, patience: int, latest: int = 0) -> None:
@@ -315,8 +316,10 @@ class MaskAAE(Penalized):
         rec = model.likelihood.nll(model.decoder(z, x), x).mean()  # the decoder applies alpha
         w = self.wasserstein(z.float() * alpha, self.masked_prior(model, len(z), alpha))
         a = alpha.detach()
-        # the schedule follows the training steps only (an evaluation call must not move it)
-        start = self.stall.update(step, float(a.sum())) if self.training else int(self.stall.start)
+        # the stall is followed in training steps only (an evaluation call must not move it) and
+        # only when the pause is on (hold below the cap)
+        paused = self.training and self.poly_hold < POLY_CAP
+        start = self.stall.update(step, float(a.sum())) if paused else int(self.stall.start)
         c = poly_weight(step, self.dim, self.poly_every, start, self.poly_hold)
         poly = (alpha * (1 - alpha)).sum()
         loss = self.rec_weight * rec + (1.0 + w).pow(2) + c * poly

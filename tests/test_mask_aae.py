@@ -295,7 +295,7 @@ def test_default_schedule_is_the_papers(prepared_for):
     for step in (0, 1, 2, 3, 50, 120, 260):
         expected = min(2048.0, 2 / obj.dim * 2 ** (step // 50))
         assert obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() == pytest.approx(expected)
-    assert int(obj.stall.start) == 1  # stalled at step 1 (patience 1): recorded, but changes nothing
+    assert int(obj.stall.start) == -1  # without a pause the stall is not followed
 
 
 def test_latest_start_from_the_config(prepared_for):
