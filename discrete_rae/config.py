@@ -162,8 +162,8 @@ class LatentConfig:
                                    "the same for every latent_dim) until the mask's descent stalls (>= 2048: no "
                                    "pause, the paper's schedule)", gt=0,
                                    applies=_MASK)
-    mask_poly_patience: int = option(100, "MaskAAE: the doubling starts once sum(alpha) has not fallen by 1 for "
-                                     "this many steps (0: from step 0, the paper's schedule)", ge=0, applies=_MASK)
+    mask_poly_patience: int = option(100, "MaskAAE: the paused doubling resumes once sum(alpha) has not fallen "
+                                     "by 1 for this many steps (0: at step 0)", ge=0, applies=_MASK)
     # the AAE's label variants (objectives_labels.py)
     label_classes: int = option(10, "AAE label variants: classes K of the label / categorical part of the code "
                                 "(clustering: clusters)", ge=2, applies={"latent": ("style_label", "style_category")})
