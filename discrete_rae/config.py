@@ -156,6 +156,14 @@ class LatentConfig:
                                     applies=_MASK)
     mask_poly_every: int = option(50, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
                                   "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
+    mask_poly_start: int = option(300, "MaskAAE: the paused doubling resumes at this step at the latest (0: only "
+                                  "when the descent stalls)", ge=0, applies=_MASK)
+    mask_poly_hold: float = option(2048.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, "
+                                   "the same for every latent_dim) until the mask's descent stalls (>= 2048: no "
+                                   "pause, the paper's schedule)", gt=0,
+                                   applies=_MASK)
+    mask_poly_patience: int = option(100, "MaskAAE: the paused doubling resumes once sum(alpha) has not fallen "
+                                     "by 1 for this many steps (0: at step 0)", ge=0, applies=_MASK)
     # the AAE's label variants (objectives_labels.py)
     label_classes: int = option(10, "AAE label variants: classes K of the label / categorical part of the code "
                                 "(clustering: clusters)", ge=2, applies={"latent": ("style_label", "style_category")})

@@ -4,6 +4,7 @@ other rows, the evaluation's active count and trace picture, exact resume."""
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from resume_exact import assert_same_training, resume_runs
 
 from discrete_rae.config import replace
 from discrete_rae.errors import ConfigError, UsageError
-from discrete_rae.objectives_mask import (LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
+from discrete_rae.objectives_mask import (DescentStall, LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
                                           mask_report, poly_weight, variance_penalty)
 from discrete_rae.registry import MODELS
 from discrete_rae.runconfig import resolve_run_config
@@ -121,11 +122,60 @@ def test_poly_weight_doubles_on_its_schedule(prepared_for):
     assert poly_weight(250, 32, 100) == pytest.approx(8 / 32)
     assert [poly_weight(s, 16, 7) for s in (0, 7, 14, 21)] == pytest.approx([0.125, 0.25, 0.5, 1.0])
     assert poly_weight(10**6, 32, 100) == 2048.0  # the cap
-    _, prepared, model = _model(prepared_for, mask_poly_every=3)
+    # a finite hold: the doubling pauses at h = max(hold, 2 / D) until ``start``, then doubles from h
+    assert [poly_weight(s, 32, 10, -1, 0.5) for s in (0, 10, 20, 30, 40, 10**5)] == pytest.approx(
+        [2 / 32, 4 / 32, 8 / 32, 16 / 32, 0.5, 0.5])
+    assert [poly_weight(s, 32, 10, 300, 0.5) for s in (20, 299, 300, 309, 310, 335, 10**5)] == pytest.approx(
+        [8 / 32, 0.5, 0.5, 0.5, 1.0, 4.0, 2048.0])
+    assert poly_weight(500, 8, 10, -1, 0.1) == pytest.approx(2 / 8)  # the hold never lowers the start
+    # the hold is per dimension: the same value at every D (the paper's start 2 / D is not)
+    assert {poly_weight(400, dim, 10, -1, 0.5) for dim in (16, 32, 64)} == {0.5}
+    assert poly_weight(10**5, 32, 100) == 2048.0 and poly_weight(250, 32, 100, 0, math.inf) == pytest.approx(8 / 32)
+    # hold 2048 (the cap): the paper's schedule from step 0 whatever the start, through the objective
+    _, prepared, model = _model(prepared_for, mask_poly_every=3, mask_poly_start=2, mask_poly_hold=2048.0)
+    model.train()
     dim = model.objective.dim
-    for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim)):
+    for step, expected in ((0, 2 / dim), (3, 4 / dim), (6, 8 / dim), (30, 2**11 / dim)):
         terms = model.objective.mask_terms(model, prepared.train[:8], step)
         assert terms["poly_weight"].item() == pytest.approx(expected)
+
+
+def test_descent_stall_starts_the_doubling():
+    """The doubling starts `patience` steps after the soft count last fell by one dimension."""
+    stall = DescentStall(patience=5)
+    assert stall.update(0, 30.0) == -1  # the first value is the reference
+    # falling by >= 1 resets the clock; smaller wiggles do not
+    for step, soft in ((1, 29.5), (2, 28.9), (3, 28.5), (4, 28.2), (5, 27.85), (6, 27.8)):
+        assert stall.update(step, soft) == -1
+    assert float(stall.ref) == pytest.approx(27.85) and int(stall.since) == 5
+    for step in range(7, 10):
+        assert stall.update(step, 27.5) == -1  # less than one below 27.85: no reset
+    assert stall.update(10, 27.5) == 10  # 5 steps since step 5: stalled, doubling from step 10
+    assert stall.update(11, 3.0) == 10 and stall.update(500, 1.0) == 10  # fixed once started
+    assert DescentStall(patience=0).update(7, 30.0) == 0
+    # the latest start: a descent that never stalls still ends its pause at step ``latest``
+    deadline = DescentStall(patience=5, latest=8)
+    assert [deadline.update(step, 30.0 - 2 * step) for step in range(10)] == [-1] * 8 + [8, 8]
+    assert DescentStall(patience=5, latest=0).update(10**6, 3.0) == -1  # latest 0: only the stall
+    # the schedule it drives, at D = 16, hold 1, doubling every 3 steps
+    assert [poly_weight(s, 16, 3, 10, 1.0) for s in (3, 9, 10, 13, 16)] == pytest.approx([0.25, 1.0, 1.0, 2.0, 4.0])
+
+
+def test_stall_is_tracked_in_training_only_and_saved(prepared_for):
+    _, prepared, model = _model(prepared_for, mask_poly_patience=2, mask_poly_every=1, mask_poly_hold=2.0)
+    obj = model.objective
+    x = prepared.train[:8]
+    h = max(obj.poly_hold, 2 / obj.dim)
+    model.eval()
+    for step in range(5):  # evaluation calls leave the schedule alone: paused at h
+        assert obj.mask_terms(model, x, step)["poly_weight"].item() == pytest.approx(min(h, 2**step * 2 / obj.dim))
+    assert int(obj.stall.start) == -1 and float(obj.stall.ref) == float("inf")
+    model.train()
+    weights = [obj.mask_terms(model, x, step)["poly_weight"].item() for step in range(5)]
+    # the mask does not move (no optimizer step): stalled at step 2, then doubling from h every step
+    assert weights == pytest.approx([min(h, 2 / obj.dim), min(h, 4 / obj.dim), h, 2 * h, 4 * h])
+    state = model.state_dict()
+    assert int(state["objective.stall.start"]) == 2 and "objective.stall.ref" in state
 
 
 def test_mask_loss_terms(prepared_for):
@@ -235,3 +285,26 @@ def test_resume_is_exact_with_the_mask_and_every_optimizer(prepared_for, tmp_pat
     assert set(ckpt["trainer"]["optimizers"]) == set(PHASES)
     assert type(ckpt["model_state"]["objective.mask.raw"]) is torch.Tensor
     assert_same_training(ref_trainer, ref, resumed_trainer, resumed)
+
+
+def test_default_schedule_is_the_papers(prepared_for):
+    """The defaults (hold 2048, the cap) never pause: (2 / D) 2^floor(t / 50), whatever the stall."""
+    _, prepared, model = _model(prepared_for, mask_poly_patience=1, mask_poly_start=2)
+    obj = model.objective
+    model.train()
+    for step in (0, 1, 2, 3, 50, 120, 260):
+        expected = min(2048.0, 2 / obj.dim * 2 ** (step // 50))
+        assert obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() == pytest.approx(expected)
+    assert int(obj.stall.start) == -1  # without a pause the stall is not followed
+
+
+def test_latest_start_from_the_config(prepared_for):
+    """--mask-poly-start ends the pause even while the soft count keeps falling."""
+    _, prepared, model = _model(prepared_for, mask_poly_patience=1000, mask_poly_start=3, mask_poly_every=1,
+                                mask_poly_hold=2.0)
+    obj = model.objective
+    h = max(obj.poly_hold, 2 / obj.dim)
+    model.train()
+    weights = [obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() for step in range(6)]
+    assert int(obj.stall.start) == 3
+    assert weights[3:] == pytest.approx([h, 2 * h, 4 * h]) and max(weights[:3]) <= h
