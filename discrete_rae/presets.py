@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 # Steps of the quick presets, calibrated to about 8 minutes of training on this project's idle
-# 2-core CPU. Molecules: benchmarks/train_speed.py measured ~4.8 steps/s at batch 64 for the
-# LSTM + length-bucket recipe below (1.19x the earlier GRU recipe's molecules/s, 2026-12-03, one
-# thread). Expressions: about 4 minutes at the 8.7 steps/s (batch 256, with validation) measured
-# on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
-QUICK_MOLECULE_STEPS = 2_400
+# 2-core CPU: benchmarks/train_speed.py measured 4.7 steps/s at batch 64 for molecules on
+# 2026-12-03 (the same figure for the code before the step budget, so 3,500 steps would take
+# 12 minutes there). Expressions: about 4 minutes at the 8.7 steps/s (batch 256, with validation)
+# measured on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
+QUICK_MOLECULE_STEPS = 2_000
 QUICK_EXPRESSION_STEPS = 2_000
 # Safety caps: a much slower machine stops here instead of running on (recorded as "time cap").
 QUICK_MOLECULE_CAP_MINUTES = 15.0
@@ -34,21 +34,21 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
         "quick": {
             # smiles_compact: half the decoder steps and right-recursive chains (grammars/README.md).
-            # Data, not steps, limited reconstruction: with 37k training molecules the GRU recipe
-            # overfits after ~5 epochs (train NLL 6.8 vs validation 10.3 at 4,400 steps, held-out
-            # greedy reconstruction 0.085), with 189k the same 4,400 steps reach validation NLL 6.7
-            # and reconstruction 0.189 (README, "Main job"). Hence 120k molecules (~1.3 epochs in
-            # the budget), the fused LSTM cell and length buckets (more steps per second), and the
-            # budget-aware linear schedule (warm-up, decay to 0 at max_steps) at a 3e-3 peak.
+            # Kept at equal steps (400-step ablation): the constant rate of ReduceLROnPlateau gave a
+            # lower validation NLL than the linear schedule (23.0 vs 29.1; 25.9 with a 4e-3 peak),
+            # length buckets (33.4 vs 29.1) or the LSTM cell (36.3 vs 33.4); the last two are
+            # 1.3x and 1.7x the molecules/s; the reversed bi-GRU encoder was slightly better per step
+            # (22.2 vs 23.0) but slower per step. Options: --lr-schedule, --bucket-batches,
+            # --decoder-cell, --encoder gru --enc-reverse true.
             # max_length 100 (the kekulised data's longest derivation is 87): decoding room, so that
             # the length mask rarely forces a row past the chemistry mask; training runs each batch
             # only to its longest sequence, so the room costs nothing there.
             "model": {"grammar": "smiles_compact", "enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256,
-                      "dec_layers": 1, "embed_dim": 32, "max_length": 100, "decoder_cell": "lstm"},
-            "train": {"epochs": 1000, "batch_size": 64, "lr": 3e-3, "lr_schedule": "linear",
-                      "bucket_batches": 32, "max_steps": QUICK_MOLECULE_STEPS,
+                      "dec_layers": 1, "embed_dim": 32, "max_length": 100},
+            "train": {"epochs": 1000, "batch_size": 64, "lr": 2e-3, "max_steps": QUICK_MOLECULE_STEPS,
                       "max_minutes": QUICK_MOLECULE_CAP_MINUTES},
-            "data": {"dataset": "moses", "n_train": 120000, "n_test": 1000},
+            "data": {"dataset": "moses", "n_train": 40000, "n_test": 1000},
+            # beam search K=5 beside greedy reconstruction: ~20 s CPU on the 1,000 test codes
             "eval": {"n_samples": 1000, "beam_width": 5},
         },
         # The quick recipe scaled up for one GPU (issue #12 item 9). NOT MEASURED: no GPU was
