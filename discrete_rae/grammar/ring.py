@@ -114,17 +114,15 @@ def ring_tables(grammar: Any) -> dict[str, Any] | None:
                                     for rhs in alts)
             if ok and not makes[nt]:
                 makes[nt] = changed = True
-    nt_atom = torch.tensor([makes[nt] for nt in nts], dtype=torch.long)
-    rhs_atom = torch.tensor([sum(isinstance(x, Nonterminal) and makes.get(x.symbol(), False) for x in p.rhs())
-                             for p in grammar.productions], dtype=torch.long)
-    # of those, the ones whose atom can still get a ring bond (not ``atom``: its ring bonds, if any,
-    # were pushed beside it as an obligation): each can close at most one ring of a given opener
+    # closers: symbols sure to write an atom (``makes``) that can still get a ring bond (not ``atom``:
+    # its ring bonds, if any, were pushed beside it as an obligation); each closes at most one ring
+    # of a given opener
     closer = {nt: makes[nt] and can[nt] for nt in nts}
     nt_close = torch.tensor([closer[nt] for nt in nts], dtype=torch.long)
     rhs_close = torch.tensor([sum(isinstance(x, Nonterminal) and closer.get(x.symbol(), False) for x in p.rhs())
                               for p in grammar.productions], dtype=torch.long)
     return {"direct": direct, "via_digit": via_digit, "arms": arms, "new_atom": new_atom,
-            "nt_atom": nt_atom, "rhs_atom": rhs_atom, "nt_close": nt_close, "rhs_close": rhs_close,
+            "nt_close": nt_close, "rhs_close": rhs_close,
             "nt_ring": nt_ring, "rhs_ring": rhs_ring, "nt_ob": nt_ob, "rhs_ob": rhs_ob,
             "nt_ext": nt_ext, "rhs_ext": rhs_ext,
             "digit_nt": grammar._nt_index.get("DIGIT", -1)}
