@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .packs import per_candidate
+
 
 def closer_columns(grammar: Any, ring: dict[str, Any], chem: dict[str, Any]) -> dict[str, Tensor]:
     """[R] per rule: ``close_o`` / ``close_n`` the closer symbols (:func:`~discrete_rae.grammar.ring.ring_tables`
@@ -108,8 +110,6 @@ def room_c(cs: Any, T: Any, ctx: dict[str, Tensor], o: Tensor, n: Tensor, last: 
 def closer_candidate_columns(grammar: Any, ring: dict[str, Any], chem: dict[str, Any]) -> tuple[dict, dict]:
     """Per-candidate ``[n_nt, C]`` columns (:mod:`discrete_rae.grammar.packs`): ``dclose_o`` closer
     symbols the owner gains (right-hand side minus the top symbol), ``close_n`` those of the next atom."""
-    from .packs import per_candidate
-
     cand = grammar._decode_tensors(torch.device("cpu"))["cand"]
     cols = closer_columns(grammar, ring, chem)
     return ({"dclose_o": per_candidate(cand, cols["close_o"]) - ring["nt_close"].unsqueeze(1),
