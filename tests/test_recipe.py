@@ -29,7 +29,8 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("model_overrides", [{}, {"decoder_cell": "lstm"}, {"decoder": "repeat"},
-                                             {"encoder": "gru", "enc_reverse": True}])
+                                             {"encoder": "gru", "enc_reverse": True},
+                                             {"encoder": "gru", "enc_cell": "lstm"}])
 def test_trimmed_decoder_gives_the_same_nll_per_example(prepared_for, model_overrides):
     run, prepared = prepared_for("molecules", "grammar_rae")
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model_overrides))

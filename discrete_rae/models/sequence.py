@@ -56,6 +56,9 @@ class SequenceModelConfig(LatentConfig):
     enc_layers: int = option(1, "GRU encoder layers", ge=1, applies={"encoder": ("gru",)})
     enc_reverse: bool = option(False, "GRU encoder: read the sequence reversed (padding first, the first rule "
                                "last)", applies={"encoder": ("gru",)})
+    enc_cell: str = option("gru", "recurrent encoder cell: gru | lstm (bidirectional either way; on the CPU "
+                           "nn.LSTM runs a fused kernel)", choices=RNN_CELLS, kind="encoder cell",
+                           applies={"encoder": ("gru",)})
     decoder: str = option("gru", "sequence decoder: gru = autoregressive, repeat = code repeated at every step",
                           choices=DECODERS, kind="sequence decoder")
     decoder_cell: str = option("gru", "autoregressive decoder cell: gru | lstm (a fused kernel on the CPU)",
@@ -79,7 +82,8 @@ def sequence_networks(cfg: SequenceModelConfig, codec: Any) -> Networks:
     if cfg.encoder == "conv":
         encoder = ConvSequenceEncoder(vocab, length, cfg.conv_channels, cfg.conv_kernels, cfg.enc_hidden)
     else:
-        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse)
+        encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse,
+                                     cell=cfg.enc_cell)
     # the grammar codec's loss mask pins padding positions to the padding rule (zero loss), so
     # the decoder may stop at each batch's longest sequence; the character codec's may not
     trim_pad = codec.pad_index if getattr(codec, "kind", "") == "grammar" else None
@@ -95,7 +99,8 @@ def sequence_networks(cfg: SequenceModelConfig, codec: Any) -> Networks:
 
 def _check_choices(cfg: SequenceModelConfig) -> None:
     """One clear error for an unknown encoder, decoder or decoder cell."""
-    for key, known in (("encoder", ENCODERS), ("decoder", DECODERS), ("decoder_cell", RNN_CELLS)):
+    for key, known in (("encoder", ENCODERS), ("decoder", DECODERS), ("decoder_cell", RNN_CELLS),
+                       ("enc_cell", RNN_CELLS)):
         if getattr(cfg, key) not in known:
             raise ConfigError(f"{key} {getattr(cfg, key)!r} is unknown; choose one of: {', '.join(known)}")
     if cfg.enc_layers < 1 or cfg.dec_layers < 1:
