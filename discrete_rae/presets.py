@@ -3,7 +3,7 @@
 - ``smoke``: seconds; used by the tests.
 - ``quick``: the default; <= 10 minutes on a 2-core CPU including data preparation. Its
   budgets are fixed numbers of optimiser steps, so the same seed gives the same model on any
-  machine; the wall-clock limit is only a safety cap (a run it stops records "time cap").
+  machine (up to floating-point differences between CPUs); the wall-clock limit is only a safety cap (a run it stops records "time cap").
 - ``paper``: the paper's sizes (Kusner et al. 2017, Ghosh et al. 2020); meant for a GPU.
 - ``gpu`` (molecules): this project's quick recipe scaled up for one GPU (not measured here).
 """
@@ -15,8 +15,10 @@ from typing import Any
 # Steps of the quick presets, calibrated to about 8 minutes of training on this project's idle
 # 2-core CPU: benchmarks/train_speed.py measured 4.7 steps/s at batch 64 for molecules on
 # 2026-12-03 (the same figure for the code before the step budget, so 3,500 steps would take
-# 12 minutes there). Expressions: about 4 minutes at the 8.7 steps/s (batch 256, with validation)
-# measured on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
+# 12 minutes there). On 2026-12-04 another machine of the same kind trained the 2,000 steps in
+# 303 s (6.6 steps/s, fresh-clone main job 6 min 57 s); the budget stays at 2,000 so that the
+# slower machine still finishes within 10 minutes. Expressions: about 4 minutes at the 8.7
+# steps/s (batch 256, with validation) measured on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
 QUICK_MOLECULE_STEPS = 2_000
 QUICK_EXPRESSION_STEPS = 2_000
 # Safety caps: a much slower machine stops here instead of running on (recorded as "time cap").
@@ -46,6 +48,9 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # same recipe on 113k molecules for 2,400 steps (the 8-minute budget) never learned to
             # use its code (validation NLL 19.0, reconstruction 0.005), hence the GRU recipe here
             # (README, "Main job").
+            # Encoders at this budget (README, "Encoder capacity", 2026-12-04): the reversed bi-GRU
+            # of 256 reconstructs 3x better at the same 2,000 steps (0.131 vs 0.041) but costs 3.1x
+            # the step time; at equal time the conv encoder beats the 128-wide bi-GRU and bi-LSTM.
             # max_length 100 (the kekulised data's longest derivation is 87): decoding room, so that
             # the length mask rarely forces a row past the chemistry mask; training runs each batch
             # only to its longest sequence, so the room costs nothing there.
