@@ -19,7 +19,7 @@ reported for both; the two alternate, so a changing load hits both alike.
 
 Usage:
     python benchmarks/decode_speed.py --n 10000 [--grammar smiles] [--ref-n N] [--threads T]
-    python benchmarks/decode_speed.py --constrained --n 2000 --length 90 --ref-n 100
+    python benchmarks/decode_speed.py --constrained --n 10000 --length 90 --ref-n 1000
 
 Prints ONE JSON line at the end.
 """
@@ -109,7 +109,8 @@ def constrained_benchmark(args: argparse.Namespace) -> dict:
     codec = GrammarCodec(g, max_length=L)
     codec.aromatic = False
     logits = torch.randn(args.n, L, g.n_rules, generator=torch.Generator().manual_seed(args.seed))
-    ref_n = min(args.ref_n or 100, args.n)
+    # 1,000 rows by default: a 100-row sample was faster per row than average (0.96 vs 1.4 ms)
+    ref_n = min(args.ref_n or 1000, args.n)
     chem = chem_tables(g, aromatic=False)
     times, ref_times, cpu, ref_cpu = [], [], [], []
     for _ in range(max(1, args.repeats)):
@@ -151,7 +152,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="batch size")
     ap.add_argument("--grammar", default="smiles")
     ap.add_argument("--length", type=int, default=None, help="decode steps (default: grammar max_length)")
-    ap.add_argument("--ref-n", type=int, default=None, help="samples decoded by the reference (default: all)")
+    ap.add_argument("--ref-n", type=int, default=None, help="samples decoded by the reference (default: all; --constrained: 1,000)")
     ap.add_argument("--torch-ref-n", type=int, default=300, help="samples for the torch per-sample loop (0: skip)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each decoder; the best time is reported")
