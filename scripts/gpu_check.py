@@ -121,7 +121,7 @@ def stage_table(ctx: Context) -> list[Stage]:
     return [
         Stage("env", 25, [[py, "-c", ENV_SNIPPET]], judge_env,
               "versions, GPU, imports of every package the check needs"),
-        Stage("cuda_tests", 100,
+        Stage("cuda_tests", 85,
               [[py, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
                 "--junitxml", str(ctx.out / "cuda_tests.xml")]], judge_pytest,
               "tests marked cuda: the model zoo on the GPU, bf16 vs fp32, checkpoints across devices, "
@@ -134,9 +134,9 @@ def stage_table(ctx: Context) -> list[Stage]:
               [[*speed, "decode", *paper, "--n-train", "2000", "--n-test", "100", "--n", "10000", "--batch", "2500",
                 "--logits-n", "10000"]], judge_json,
               "greedy grammar decoding samples/s with every decoding mask on"),
-        Stage("main_job", 120, [main_job], judge_main_job,
+        Stage("main_job", 105, [main_job], judge_main_job,
               "quick-preset main job on the carried molecules: train, sample, RDKit evaluation"),
-        Stage("torchrun", 60,
+        Stage("torchrun", 90,
               [[*torchrun, "train.py", "--domain", "molecules", "--model", "grammar_rae", "--preset", "smoke",
                 "--dataset", data, "--n-train", "4000", "--epochs", "1", "--device", dev, "--runs-dir", runs,
                 "--run-name", TORCHRUN_RUN, "--overwrite", "--data-dir", data_dir, "-q"],
