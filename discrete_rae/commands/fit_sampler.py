@@ -30,10 +30,15 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..samplers_wgan import option_help
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("wgan sampler options (--set KEY=VALUE; each checked before the run is loaded):\n"
+                + option_help() + "\nexample: --set steps=3000 --set ema=0 --set select=energy --set lr_decay=False")
     p.add_argument("--run", required=True, help="run directory (with checkpoint.pt)")
     p.add_argument("--sampler", required=True, help="sampler to fit, e.g. two_stage, flow, wgan")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="sampler option, e.g. --set steps=500 --set kind=maf (repeatable)")
+                   help="sampler option, e.g. --set steps=500 --set kind=maf (repeatable; wgan: see below)")
     p.add_argument("--seed", type=int, default=None, help="fitting seed (default: the run's training seed)")
     add_common(p)
 
