@@ -62,6 +62,18 @@ def test_fit_sampler_refuses_a_bad_option_before_loading_the_run(tmp_path, capsy
     assert "select='fid'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--set", "emma=0.9"], "sampler 'wgan': unknown option emma; choose from: hidden, layers"),
+    (["--set", "ema=0.9"] + ["--sampler", "nope"], "unknown sampler 'nope'")])
+def test_fit_sampler_refuses_unknown_names_in_one_line(args, message, tmp_path, capsys):
+    from discrete_rae.cli import main
+
+    argv = ["fit-sampler", "--run", str(tmp_path / "missing"), "--sampler", "wgan", *args, "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
 def test_fit_sampler_help_lists_the_wgan_options(capsys):
     from discrete_rae.cli import main
 
