@@ -170,9 +170,13 @@ def test_a_state_saved_before_the_new_options_loads_and_samples_as_before(data):
 
 
 def test_a_short_fit_moves_the_samples_to_a_gaussian(data):
+    # 300 steps (2 s): lr 1e-3 and ema 0.9 instead of the defaults' 3e-4 and 0.999, which need the
+    # thousands of steps of a real fit (at 3e-4 the held-out distance is still above its start
+    # after 300-400 steps). Seed 0 gives 2.67 -> 0.14 (seeds 1-3: 0.25, 1.06, 0.38).
     untrained = build_sampler("wgan", **SMALL, steps=1, ema=0.0).fit(data, seed=0)
-    fitted = build_sampler("wgan", **SMALL, steps=400, ema=0.99).fit(data, seed=0, progress=True)
+    fitted = build_sampler("wgan", **SMALL, steps=300, ema=0.9, lr=1e-3).fit(data, seed=0, progress=True)
     held = gaussian(2000, seed=1)
     start, end = code_frechet(draw(untrained, 2000), held), code_frechet(draw(fitted, 2000), held)
-    assert end < 0.2 * start, (start, end)
-    assert energy_distance(draw(fitted, 1000), held[:1000]) < 0.5 * energy_distance(draw(untrained, 1000), held[:1000])
+    assert end < 0.25 * start, (start, end)
+    start_e, end_e = (energy_distance(draw(s, 1000), held[:1000]) for s in (untrained, fitted))
+    assert end_e < 0.25 * start_e, (start_e, end_e)
