@@ -18,7 +18,8 @@ def load_all() -> None:
     if _loaded:
         return
     # latents, samplers and decoder regularisers (continuous and discrete)
-    from . import latents, latents_discrete, regularizers, samplers, samplers_discrete, samplers_learned  # noqa: F401
+    from . import latents, latents_discrete, regularizers, samplers, samplers_discrete  # noqa: F401
+    from . import samplers_learned, samplers_wgan  # noqa: F401
     # priors and objectives
     from . import distributions, objectives, objectives_adversarial, objectives_labels  # noqa: F401
     from . import objectives_iwae, objectives_mae, objectives_mask, objectives_mmd, prior_vamp  # noqa: F401

@@ -1,7 +1,7 @@
 """Fit one ex-post sampler on a finished run, and compare samplers by held-out likelihood.
 
 - :func:`fit_sampler` fits a sampler (e.g. the opt-in ``two_stage`` / ``flow`` / ``wgan`` of
-  samplers_learned.py) to a finished run's training codes and adds it to the run's checkpoint,
+  samplers_learned.py / samplers_wgan.py) to a finished run's training codes and adds it to the run's checkpoint,
   written atomically (the old checkpoint or the new one, never a mix).
 - :func:`heldout_log_likelihood` scores fitted samplers on the same held-out codes: mean
   log q(z) / D in nats per code dimension (higher is better); samplers without a density
@@ -24,6 +24,7 @@ from torch import Tensor
 from .checkpoint import save_atomic
 from .registry import DOMAINS, SAMPLERS
 from .samplers import Sampler, build_sampler
+from .samplers_learned import LearnedSampler
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,11 @@ def fit_sampler(run_dir: Path, name: str, device: torch.device | None = None, se
     codes = domain.encode(loaded.model, prepared.train, device)
     t0 = time.monotonic()
     sampler = build_sampler(name, **sampler_options(name, loaded.run, options)).bind(loaded.model)
-    sampler.fit(codes, seed=loaded.run.train.seed if seed is None else seed)
+    seed = loaded.run.train.seed if seed is None else seed
+    if isinstance(sampler, LearnedSampler):
+        sampler.fit(codes, seed=seed, progress=progress)  # a bar over the training steps
+    else:
+        sampler.fit(codes, seed=seed)
     log.info("fitted sampler %s on %d codes of %s in %.1fs", name, len(codes), run_dir, time.monotonic() - t0)
     payload = dict(loaded.checkpoint)
     payload["samplers"] = {**(payload.get("samplers") or {}), name: sampler.state_dict()}

@@ -1,4 +1,5 @@
-"""Ex-post samplers that train a network on the codes: ``two_stage``, ``flow`` and ``wgan``.
+"""Ex-post samplers that train a network on the codes: ``two_stage`` and ``flow`` here, ``wgan``
+in samplers_wgan.py (all built on :class:`LearnedSampler`).
 
 Like the samplers of samplers.py they are fitted to the training codes [N, D] after training,
 but each trains a small network, so they are opt-in (``auto_fit = False``): the pipeline fits
@@ -15,7 +16,8 @@ Shared protocol (:class:`LearnedSampler`):
   ``torch.Generator`` seeded by ``fit(codes, seed)``: fitting twice with one seed gives the same
   sampler, and the global RNG is left as it was (weights are built under ``fork_rng``);
 - the state is plain data: sizes, numbers, and the weights as a dict of tensors, so checkpoints
-  load with ``torch.load(weights_only=True)``; the networks are rebuilt from the stored sizes.
+  load with ``torch.load(weights_only=True)``; the networks are rebuilt from the stored sizes;
+- ``fit(..., progress=True)`` shows a tqdm bar over the steps (``fit-sampler`` does, unless -q).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .nn.critic import unit_gradient_penalty
 from .registry import SAMPLERS
 from .samplers import Sampler
 
@@ -89,6 +90,7 @@ class LearnedSampler(Sampler):
         self.std: Tensor | None = None
         self.nets: nn.ModuleDict | None = None
         self.history: dict[str, Any] = {}
+        self.progress = False  # a tqdm bar over the training steps (set by fit)
 
     # --- subclass hooks ---------------------------------------------------------------------
     def _build(self) -> nn.ModuleDict:
@@ -105,13 +107,14 @@ class LearnedSampler(Sampler):
         raise NotImplementedError
 
     # --- fitting ----------------------------------------------------------------------------
-    def fit(self, codes: Tensor, seed: int = 0) -> "LearnedSampler":
-        """Train on codes [N, D]; keeps the weights with the lowest held-out loss."""
+    def fit(self, codes: Tensor, seed: int = 0, progress: bool = False) -> "LearnedSampler":
+        """Train on codes [N, D]; keeps the weights with the lowest held-out loss (``progress``: a bar)."""
         if codes.dim() != 2 or len(codes) < 4:
             raise ValueError(f"sampler {self.name} needs codes [N, D] with N >= 4, got shape {tuple(codes.shape)}")
         if not torch.isfinite(codes).all():
             raise ValueError(f"sampler {self.name}: the codes contain NaN or infinite values")
         super().fit(codes)
+        self.progress = bool(progress)
         gen = torch.Generator().manual_seed(int(seed))
         x = codes.detach().float().cpu()
         self.mean = x.mean(0)
@@ -126,12 +129,16 @@ class LearnedSampler(Sampler):
         return self
 
     def _train_loop(self, train: Tensor, val: Tensor, gen: torch.Generator) -> None:
+        from tqdm.auto import tqdm
+
         o = self.options
         log.info("%s: training on %d codes of dim %d (%d held out), up to %d steps", self.name, len(train),
                  self.dim, len(val), o["steps"])
         best, best_state, best_step, bad, t0 = math.inf, None, 0, 0, time.monotonic()
         step = 0
-        for step in range(1, o["steps"] + 1):
+        bar = tqdm(range(1, o["steps"] + 1), desc=f"fit {self.name}", unit="step", disable=not self.progress,
+                   leave=False)
+        for step in bar:
             self.nets.train()
             size = min(o["batch_size"], len(train)) * self.batches_per_step
             batch = train[torch.randint(len(train), (size,), generator=gen)]
@@ -147,10 +154,12 @@ class LearnedSampler(Sampler):
                 else:
                     bad += 1
                 log.debug("%s step %d: train %.4f held-out %.4f", self.name, step, loss, val_loss)
+                bar.set_postfix(held_out=f"{val_loss:.4g}", best=f"{best:.4g}@{best_step}", refresh=False)
                 if bad >= o["patience"]:
                     log.info("%s: held-out loss has not improved for %d evaluations; stopping at step %d",
                              self.name, bad, step)
                     break
+        bar.close()
         if best_state is not None:
             self.nets.load_state_dict(best_state)
         self.nets.eval()
@@ -354,99 +363,3 @@ class FlowSampler(LearnedSampler):
         """Exact log q(z) [N] of codes [N, D] (nats)."""
         self._check_fitted()
         return self._dist().log_prob(self._standardise(codes)) - self._log_jacobian()
-
-
-def energy_distance(a: Tensor, b: Tensor) -> float:
-    """Energy distance 2 E||a - b|| - E||a - a'|| - E||b - b'|| of samples a [N, D], b [M, D] (>= 0;
-    0 iff the distributions agree); the V-statistic, cheap for a few thousand points."""
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
-
-
-@SAMPLERS.register("wgan")
-class WGANSampler(LearnedSampler):
-    """A generator g(e) -> code trained adversarially on the frozen codes (the FlexAE idea, ex post).
-
-    WGAN-GP (Gulrajani et al. 2017, Algorithm 1) on standardised codes x: a critic C and a
-    generator g of noise e ~ N(0, I_noise_dim). Each step takes ``n_critic`` (5) critic steps on
-
-        L_C = E[C(g(e))] - E[C(x)] + lambda E[(||grad C(x_hat)||_2 - 1)^2],   lambda = 10,
-        x_hat = t x + (1 - t) g(e),   t ~ U(0, 1),
-
-    then one generator step on L_g = -E[C(g(e))]; both with Adam(lr 2e-4, betas (0, 0.9)).
-    Budget: 4,000 steps, patience 40 evaluations. Why: on the codes of an 800-step RAE-L2 on
-    mnist5k (16-D), the earlier 1,000 steps at lr 1e-4 (patience 10) gave sample Fréchet 170.2
-    (GMM: 49.3); 2e-4 with a longer budget reached its best held-out energy distance at step
-    3,200 and Fréchet 56.4 (precision / recall 0.875 / 0.897 vs the GMM's 0.900 / 0.819).
-    The critic's loss does not tell how good the generator is across steps, so the held-out
-    criterion is the energy distance between ``n_eval`` generated codes (fixed noise) and the
-    held-out codes. Sampling: e ~ N(0, I), code = g(e). There is no ``log_prob``: a generator
-    defines no density (the codes lie on the image of g), so held-out likelihoods cannot be
-    compared with the other samplers'.
-    """
-
-    name = "wgan"
-
-    def __init__(self, hidden: int = 256, layers: int = 3, noise_dim: int = 0, n_critic: int = 5,
-                 gp_weight: float = 10.0, steps: int = 4000, batch_size: int = 256, lr: float = 2e-4,
-                 betas: tuple[float, float] = (0.0, 0.9), val_fraction: float = 0.1, eval_every: int = 50,
-                 patience: int = 40, n_eval: int = 1000) -> None:
-        super().__init__(steps=steps, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-                         eval_every=eval_every, patience=patience, hidden=hidden, layers=layers,
-                         noise_dim=noise_dim, n_critic=n_critic, gp_weight=gp_weight,
-                         betas=[float(b) for b in betas], n_eval=n_eval)
-        for key in ("hidden", "layers", "n_critic", "n_eval"):
-            _positive_int(key, self.options[key])
-        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 0:
-            raise ValueError(f"wgan sampler option noise_dim={noise_dim!r}: expected an integer >= 0 (0 = code dim)")
-        self.batches_per_step = n_critic
-
-    @property
-    def noise_dim(self) -> int:
-        return self.options["noise_dim"] or self.dim
-
-    def _build(self) -> nn.ModuleDict:
-        h, k = self.options["hidden"], self.options["layers"]
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
-        return nn.ModuleDict({"generator": mlp([self.noise_dim] + [h] * k + [self.dim], act),
-                              "critic": mlp([self.dim] + [h] * k + [1], act)})
-
-    def _setup(self, gen: torch.Generator) -> None:
-        lr, betas = self.options["lr"], tuple(self.options["betas"])
-        self.opt_g = torch.optim.Adam(self.nets["generator"].parameters(), lr=lr, betas=betas)
-        self.opt_c = torch.optim.Adam(self.nets["critic"].parameters(), lr=lr, betas=betas)
-
-    def _critic_loss(self, real: Tensor, gen: torch.Generator) -> Tensor:
-        critic = self.nets["critic"]
-        with torch.no_grad():
-            fake = self.nets["generator"](torch.randn(len(real), self.noise_dim, generator=gen))
-        t = torch.rand(len(real), 1, generator=gen)
-        mix = (t * real + (1 - t) * fake).requires_grad_(True)
-        penalty = unit_gradient_penalty(critic, mix)
-        return critic(fake).mean() - critic(real).mean() + self.options["gp_weight"] * penalty
-
-    def _train_step(self, batch: Tensor, gen: torch.Generator) -> float:
-        for real in batch.chunk(self.options["n_critic"]):
-            loss_c = self._critic_loss(real, gen)
-            self.opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            self.opt_c.step()
-        e = torch.randn(len(batch) // self.options["n_critic"], self.noise_dim, generator=gen)
-        loss_g = -self.nets["critic"](self.nets["generator"](e)).mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()  # the critic's gradients are cleared before its next step
-        self.opt_g.step()
-        return loss_c.item()
-
-    @torch.no_grad()
-    def _val_loss(self, x: Tensor) -> float:
-        e = torch.randn(self.options["n_eval"], self.noise_dim, generator=torch.Generator().manual_seed(1))
-        return energy_distance(self.nets["generator"](e), x)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        self._check_fitted()
-        return self._to_codes(self.nets["generator"](torch.randn(n, self.noise_dim, generator=generator)))
-
-    def log_prob(self, codes: Tensor) -> Tensor:
-        raise NotImplementedError("the wgan sampler has no density (a generator's codes lie on the image of g); "
-                                  "compare it by sample distances instead")
