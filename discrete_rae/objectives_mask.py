@@ -204,10 +204,11 @@ def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:
 
 def poly_period(every: int, per_dim: float, dim: int) -> int:
     """The doubling period T in steps: ``every`` when > 0 (a fixed period), else
-    max(1, round(per_dim * dim)) (the default: 3.125 D, i.e. 50 / 100 / 200 at D = 16 / 32 / 64)."""
+    max(1, round(per_dim * dim)), halves rounded up (the default: 3.125 D, i.e. 50 / 100 / 200 at
+    D = 16 / 32 / 64, 13 at D = 4)."""
     if every > 0:
         return int(every)
-    return max(1, int(round(float(per_dim) * int(dim))))
+    return max(1, int(math.floor(float(per_dim) * int(dim) + 0.5)))
 
 
 def poly_weight(step: int, dim: int, every: int, start: int = 0, hold: float = math.inf) -> float:
@@ -238,9 +239,13 @@ class DescentStall(nn.Module):
     def __init__(self, patience: int, latest: int = 0) -> None:
         super().__init__()
         self.patience, self.latest = int(patience), int(latest)
-        self.register_buffer("ref", torch.tensor(math.inf))
-        self.register_buffer("since", torch.tensor(0, dtype=torch.long))
-        self.register_buffer("start", torch.tensor(0 if patience == 0 else -1, dtype=torch.long))
+        for name, value in self.fresh_state().items():
+            self.register_buffer(name, value)
+
+    def fresh_state(self) -> dict[str, Tensor]:
+        """The buffers before any step: ref inf, since 0, start -1 (0 with patience 0)."""
+        return {"ref": torch.tensor(math.inf), "since": torch.tensor(0, dtype=torch.long),
+                "start": torch.tensor(0 if self.patience == 0 else -1, dtype=torch.long)}
 
     def update(self, step: int, soft: float) -> int:
         """Record s_t at ``step``; returns the doubling's start step (-1: not yet)."""
@@ -293,14 +298,14 @@ class MaskAAE(Penalized):
         """Load hook: drop the stall's keys (``stall.ref``, ``stall.since``, ``stall.start``) from a
         checkpoint when this objective has no stall (the pause off; checkpoints of earlier versions
         kept them always). The opposite case, a pause on and no keys, starts the stall afresh: the
-        missing keys are filled from this module's own fresh buffers."""
+        missing keys are filled with :meth:`DescentStall.fresh_state`."""
         keys = [k for k in state_dict if k.startswith(prefix + "stall.")]
         if self.stall is None:
             for key in keys:
                 del state_dict[key]
         elif not keys:
-            for name, buf in self.stall.named_buffers():
-                state_dict[prefix + "stall." + name] = buf.detach().clone()
+            for name, value in self.stall.fresh_state().items():
+                state_dict[prefix + "stall." + name] = value
 
     def attach(self, model: Any) -> None:
         """Make the model's decoder read alpha * z (called once by the model)."""
