@@ -50,9 +50,9 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    or 1 with a weight c_t: the paper's doubling (2 / D) 2^floor(t / T), cap 2048 (start 2 / D
    and cap: the paper's code), with the period T = ``mask_poly_every`` steps, or by default
    (``mask_poly_every`` 0) T = round(``mask_poly_every_per_dim`` D) = round(3.125 D): 50 steps at
-   D = 16, 100 at 32, 200 at 64 (:func:`poly_period`; see "The period" below). Optionally (``mask_poly_hold`` below the
-   cap) the doubling pauses at the hold h = ``mask_poly_hold`` (per dimension: the same at every
-   D) until a start step t0, and from t0 on is h 2^floor((t - t0) / T).
+   D = 16, 100 at 32, 200 at 64 (:func:`poly_period`; see "The period" below). Optionally
+   (``mask_poly_hold`` below the cap) the doubling pauses at the hold h = ``mask_poly_hold``
+   (per dimension: the same at every D) until a start step t0, and from t0 on is h 2^floor((t - t0) / T).
    t0: the step at which the descent stalls (the soft
    count sum_d alpha_d has not fallen by one dimension for ``mask_poly_patience`` (100) steps,
    :class:`DescentStall`), at the latest ``mask_poly_start`` (300).
@@ -76,7 +76,8 @@ way (:meth:`MaskAAE._drop_stale_stall`).
 **The period.** c_t reaches a given multiple of its start 2 / D after a number of doublings that
 does not depend on D, so with a fixed period (50 steps, the schedule of earlier versions) every D
 rounds its mask at the same step, while the W term's descent has D dimensions to switch off and
-takes longer at larger D: the count is frozen earlier in the descent the larger D (on mnist5k at
+(our reading of the traces, not proven) takes longer at larger D: the count is frozen earlier in
+the descent the larger D (on mnist5k at
 600 steps: 15 / 21 / 23 active at D = 16 / 32 / 64). A period proportional to D, T = 3.125 D
 (the paper's code: 450 D over 500k steps; the factor is set so that D = 16 keeps the old 50),
 gives the descent time in proportion to the number of dimensions; --mask-poly-every 50 restores
@@ -84,7 +85,7 @@ the fixed schedule (and old run configs, which record 50, keep it).
 
 **Code noise (optional, off by default).** ``mask_noise`` sigma > 0: in training the decoder reads
 alpha (z + sigma eps), eps ~ N(0, I), so a dimension whose alpha is large passes noise the
-reconstruction must tolerate (not in the paper; the measurements above are without it).
+reconstruction must tolerate (not in the paper; the README's measurements are without it).
 
 Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
 toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
