@@ -154,8 +154,16 @@ class LatentConfig:
                                     ge=0, applies=_MASK)
     mask_rec_weight: float = option(1.0, "MaskAAE: weight of the reconstruction in the mask's loss", ge=0,
                                     applies=_MASK)
-    mask_poly_every: int = option(50, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
-                                  "this many steps (from 2 / latent_dim up to 2048)", ge=1, applies=_MASK)
+    mask_poly_every: int = option(0, "MaskAAE: the mask's polynomial weight sum alpha(1 - alpha) doubles every "
+                                  "this many steps (from 2 / latent_dim up to 2048); 0: per dimension, "
+                                  "round(mask_poly_every_per_dim * latent_dim) steps (50 at D = 16, 200 at "
+                                  "D = 64); 50: the fixed schedule of earlier versions", ge=0, applies=_MASK)
+    mask_poly_every_per_dim: float = option(3.125, "MaskAAE, with --mask-poly-every 0: the doubling period per code "
+                                            "dimension, so that every latent_dim reaches the rounding strength at "
+                                            "the same point of its descent (3.125: 50 steps at D = 16)", gt=0,
+                                            applies=_MASK)
+    mask_noise: float = option(0.0, "MaskAAE: std of Gaussian noise added to the code before the mask in training "
+                               "(the decoder reads alpha (z + noise); 0: off)", ge=0, applies=_MASK)
     mask_poly_start: int = option(300, "MaskAAE: the paused doubling resumes at this step at the latest (0: only "
                                   "when the descent stalls)", ge=0, applies=_MASK)
     mask_poly_hold: float = option(2048.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, "

@@ -47,10 +47,12 @@ sampler, and an ex-post GMM fitted to the raw codes is decoded through the same 
    between masked prior and masked codes (the paper's code writes (1 - (mean C(q) - mean C(p)))^2,
    the same term). The reconstruction keeps informative dimensions on, the W term switches off
    those whose codes do not follow the prior, and the polynomial term pushes every alpha to 0
-   or 1 with a weight c_t: the paper's doubling (2 / D) 2^floor(t / ``mask_poly_every``) (50),
-   cap 2048 (start 2 / D and cap: the paper's code). Optionally (``mask_poly_hold`` below the
-   cap) the doubling pauses at the hold h = ``mask_poly_hold`` (per dimension: the same at every
-   D) until a start step t0, and from t0 on is h 2^floor((t - t0) / ``mask_poly_every``).
+   or 1 with a weight c_t: the paper's doubling (2 / D) 2^floor(t / T), cap 2048 (start 2 / D
+   and cap: the paper's code), with the period T = ``mask_poly_every`` steps, or by default
+   (``mask_poly_every`` 0) T = round(``mask_poly_every_per_dim`` D) = round(3.125 D): 50 steps at
+   D = 16, 100 at 32, 200 at 64 (:func:`poly_period`; see "The period" below). Optionally
+   (``mask_poly_hold`` below the cap) the doubling pauses at the hold h = ``mask_poly_hold``
+   (per dimension: the same at every D) until a start step t0, and from t0 on is h 2^floor((t - t0) / T).
    t0: the step at which the descent stalls (the soft
    count sum_d alpha_d has not fallen by one dimension for ``mask_poly_patience`` (100) steps,
    :class:`DescentStall`), at the latest ``mask_poly_start`` (300).
@@ -67,7 +69,23 @@ all 64 alphas end between 0.02 and 0.47, none active; kept at 0.5 it took the sa
 and the fast doubling from t0 rounds the alphas to 0 or 1. Measured on mnist5k at 600 steps with
 hold 2, doubling every 10 steps, mask lr 5e-2, t0 at the stall or step 300: 7 / 8 / 18 active at
 D = 16 / 32 / 64, further apart than the paper's schedule (15 / 21 / 23), so the default is the
-paper's schedule (hold 2048, the cap: no pause, t0 unused; doubling every 50 steps, mask lr 2e-2).
+paper's schedule (hold 2048, the cap: no pause, t0 unused; mask lr 2e-2). The stall's state
+(:class:`DescentStall`) exists only with the pause on; checkpoints with or without it load either
+way (:meth:`MaskAAE._drop_stale_stall`).
+
+**The period.** c_t reaches a given multiple of its start 2 / D after a number of doublings that
+does not depend on D, so with a fixed period (50 steps, the schedule of earlier versions) every D
+rounds its mask at the same step, while the W term's descent has D dimensions to switch off and
+(our reading of the traces, not proven) takes longer at larger D: the count is frozen earlier in
+the descent the larger D (on mnist5k at
+600 steps: 15 / 21 / 23 active at D = 16 / 32 / 64). A period proportional to D, T = 3.125 D
+(the paper's code: 450 D over 500k steps; the factor is set so that D = 16 keeps the old 50),
+gives the descent time in proportion to the number of dimensions; --mask-poly-every 50 restores
+the fixed schedule (and old run configs, which record 50, keep it).
+
+**Code noise (optional, off by default).** ``mask_noise`` sigma > 0: in training the decoder reads
+alpha (z + sigma eps), eps ~ N(0, I), so a dimension whose alpha is large passes noise the
+reconstruction must tolerate (not in the paper; the README's measurements are without it).
 
 Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
 toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
@@ -143,9 +161,10 @@ class MaskedDecoder(nn.Module):
     trained by the mask optimizer only, and stays out of the decoder's parameter groups.
     """
 
-    def __init__(self, inner: nn.Module, mask: LatentMask) -> None:
+    def __init__(self, inner: nn.Module, mask: LatentMask, noise: float = 0.0) -> None:
         super().__init__()
         self.inner = inner
+        self.noise = float(noise)
         self.__dict__["_mask"] = mask  # not registered: see the class docstring
 
     #: methods of sequence decoders whose first argument is the code (generation, beam search)
@@ -162,6 +181,9 @@ class MaskedDecoder(nn.Module):
             return attr
 
     def forward(self, z: Tensor, x: Tensor | None) -> Tensor:
+        """inner(alpha * z, x); in training with ``noise`` sigma > 0: inner(alpha * (z + sigma eps), x)."""
+        if self.training and self.noise > 0:
+            z = z + self.noise * torch.randn_like(z)
         return self.inner(self._mask(z), x)
 
 
@@ -179,6 +201,15 @@ def variance_penalty(z: Tensor, alpha: Tensor) -> Tensor:
     """mean_{b,d} (z_bd - mean_b z_d)^2 exp(-10 alpha_d^2): batch variance of the dimensions the
     mask switches off (weight ~1 at alpha 0, 0.08 at 0.5, 5e-5 at 1). z [B, D], alpha [D]."""
     return ((z - z.mean(0, keepdim=True)).pow(2) * torch.exp(-10.0 * alpha.pow(2))).mean()
+
+
+def poly_period(every: int, per_dim: float, dim: int) -> int:
+    """The doubling period T in steps: ``every`` when > 0 (a fixed period), else
+    max(1, round(per_dim * dim)), halves rounded up (the default: 3.125 D, i.e. 50 / 100 / 200 at
+    D = 16 / 32 / 64, 13 at D = 4)."""
+    if every > 0:
+        return int(every)
+    return max(1, int(math.floor(float(per_dim) * int(dim) + 0.5)))
 
 
 def poly_weight(step: int, dim: int, every: int, start: int = 0, hold: float = math.inf) -> float:
@@ -209,9 +240,13 @@ class DescentStall(nn.Module):
     def __init__(self, patience: int, latest: int = 0) -> None:
         super().__init__()
         self.patience, self.latest = int(patience), int(latest)
-        self.register_buffer("ref", torch.tensor(math.inf))
-        self.register_buffer("since", torch.tensor(0, dtype=torch.long))
-        self.register_buffer("start", torch.tensor(0 if patience == 0 else -1, dtype=torch.long))
+        for name, value in self.fresh_state().items():
+            self.register_buffer(name, value)
+
+    def fresh_state(self) -> dict[str, Tensor]:
+        """The buffers before any step: ref inf, since 0, start -1 (0 with patience 0)."""
+        return {"ref": torch.tensor(math.inf), "since": torch.tensor(0, dtype=torch.long),
+                "start": torch.tensor(0 if self.patience == 0 else -1, dtype=torch.long)}
 
     def update(self, step: int, soft: float) -> int:
         """Record s_t at ``step``; returns the doubling's start step (-1: not yet)."""
@@ -245,14 +280,38 @@ class MaskAAE(Penalized):
         self.critic_steps, self.gp_weight = int(cfg.critic_steps), float(cfg.critic_gp)
         self.critic_lr, self.mask_lr = float(cfg.critic_lr), float(cfg.mask_lr)
         self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
-        self.poly_every = int(cfg.mask_poly_every)
-        self.stall = DescentStall(int(cfg.mask_poly_patience), int(cfg.mask_poly_start))
+        self.poly_every = poly_period(int(cfg.mask_poly_every), float(cfg.mask_poly_every_per_dim), self.dim)
         self.poly_hold = float(cfg.mask_poly_hold)
+        self.noise = float(cfg.mask_noise)
+        # the stall's state only when the pause is on (hold below the cap): without it nothing reads it
+        self.stall = (DescentStall(int(cfg.mask_poly_patience), int(cfg.mask_poly_start))
+                      if self.paused else None)
+        self._register_load_state_dict_pre_hook(self._drop_stale_stall)
+        log.info("mask_aae: polynomial weight doubles every %d steps (D = %d)%s", self.poly_every, self.dim,
+                 "" if self.stall is None else f", paused at {self.poly_hold:g}")
+
+    @property
+    def paused(self) -> bool:
+        """Whether the doubling pauses (``mask_poly_hold`` below the cap 2048)."""
+        return self.poly_hold < POLY_CAP
+
+    def _drop_stale_stall(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load hook: drop the stall's keys (``stall.ref``, ``stall.since``, ``stall.start``) from a
+        checkpoint when this objective has no stall (the pause off; checkpoints of earlier versions
+        kept them always). The opposite case, a pause on and no keys, starts the stall afresh: the
+        missing keys are filled with :meth:`DescentStall.fresh_state`."""
+        keys = [k for k in state_dict if k.startswith(prefix + "stall.")]
+        if self.stall is None:
+            for key in keys:
+                del state_dict[key]
+        elif not keys:
+            for name, value in self.stall.fresh_state().items():
+                state_dict[prefix + "stall." + name] = value
 
     def attach(self, model: Any) -> None:
         """Make the model's decoder read alpha * z (called once by the model)."""
         if not isinstance(model.decoder, MaskedDecoder):
-            model.decoder = MaskedDecoder(model.decoder, self.mask)
+            model.decoder = MaskedDecoder(model.decoder, self.mask, self.noise)
 
     # --- pieces -----------------------------------------------------------------------------------
     def alpha(self) -> Tensor:
@@ -318,8 +377,12 @@ class MaskAAE(Penalized):
         a = alpha.detach()
         # the stall is followed in training steps only (an evaluation call must not move it) and
         # only when the pause is on (hold below the cap)
-        paused = self.training and self.poly_hold < POLY_CAP
-        start = self.stall.update(step, float(a.sum())) if paused else int(self.stall.start)
+        if self.stall is None:
+            start = -1
+        elif self.training:
+            start = self.stall.update(step, float(a.sum()))
+        else:
+            start = int(self.stall.start)
         c = poly_weight(step, self.dim, self.poly_every, start, self.poly_hold)
         poly = (alpha * (1 - alpha)).sum()
         loss = self.rec_weight * rec + (1.0 + w).pow(2) + c * poly

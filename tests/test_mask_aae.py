@@ -11,12 +11,12 @@ import torch
 
 from resume_exact import assert_same_training, resume_runs
 
-from discrete_rae.config import replace
+from discrete_rae.config import replace, to_dict
 from discrete_rae.errors import ConfigError, UsageError
 from discrete_rae.objectives_mask import (DescentStall, LatentMask, MaskAAE, MaskedDecoder, gradient_penalty, is_masked,
-                                          mask_report, poly_weight, variance_penalty)
+                                          mask_report, poly_period, poly_weight, variance_penalty)
 from discrete_rae.registry import MODELS
-from discrete_rae.runconfig import resolve_run_config
+from discrete_rae.runconfig import resolve_run_config, run_config_from_checkpoint, validate
 from discrete_rae.trainer import Trainer
 
 PHASES = ["main", "critic", "generator", "mask"]
@@ -288,14 +288,122 @@ def test_resume_is_exact_with_the_mask_and_every_optimizer(prepared_for, tmp_pat
 
 
 def test_default_schedule_is_the_papers(prepared_for):
-    """The defaults (hold 2048, the cap) never pause: (2 / D) 2^floor(t / 50), whatever the stall."""
+    """The defaults (hold 2048, the cap) never pause: (2 / D) 2^floor(t / T), T = round(3.125 D),
+    whatever the stall options; without the pause there is no stall state at all."""
     _, prepared, model = _model(prepared_for, mask_poly_patience=1, mask_poly_start=2)
     obj = model.objective
+    period = math.floor(3.125 * obj.dim + 0.5)
+    assert obj.poly_every == period and obj.stall is None and not obj.paused
     model.train()
-    for step in (0, 1, 2, 3, 50, 120, 260):
-        expected = min(2048.0, 2 / obj.dim * 2 ** (step // 50))
+    for step in (0, 1, 2, 3, period, 2 * period + 1, 5 * period, 40 * period):
+        expected = min(2048.0, 2 / obj.dim * 2 ** (step // period))
         assert obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() == pytest.approx(expected)
-    assert int(obj.stall.start) == -1  # without a pause the stall is not followed
+    assert not any(".stall." in k for k in model.state_dict())
+
+
+def test_doubling_period_per_dimension(prepared_for):
+    """--mask-poly-every 0 (the default): T = round(per_dim * D); a positive value is a fixed period."""
+    assert [poly_period(0, 3.125, d) for d in (16, 32, 64)] == [50, 100, 200]
+    assert [poly_period(50, 3.125, d) for d in (16, 32, 64)] == [50, 50, 50]
+    assert poly_period(0, 6.25, 16) == 100 and poly_period(0, 3.125, 8) == 25 and poly_period(0, 3.125, 4) == 13
+    assert poly_period(0, 0.01, 4) == 1  # never below one step
+    # the same number of doublings at the same fraction of T: (2 / D) 2^k at step k T for every D
+    assert {poly_weight(3 * poly_period(0, 3.125, d), d, poly_period(0, 3.125, d)) * d for d in (16, 32, 64)} == {16.0}
+    for overrides, period in (({}, 13), ({"mask_poly_every": 50}, 50), ({"mask_poly_every_per_dim": 6.25}, 25),
+                              ({"mask_poly_every": 7, "mask_poly_every_per_dim": 100.0}, 7)):
+        _, _, model = _model(prepared_for, **overrides)  # smoke images preset: latent_dim 4
+        assert model.objective.dim == 4 and model.objective.poly_every == period, overrides
+
+
+def test_new_options_are_validated_and_refused_on_other_rows():
+    for model in ("aae", "vae", "rae"):
+        for flag in ({"mask_poly_every_per_dim": 2.0}, {"mask_noise": 0.1}):
+            with pytest.raises(UsageError) as err:
+                resolve_run_config("images", model, "smoke", None, {"model": flag})
+            message = str(err.value)
+            assert len(message.splitlines()) == 1 and "--" + next(iter(flag)).replace("_", "-") in message
+    for bad in ({"mask_poly_every": -1}, {"mask_poly_every_per_dim": 0.0}, {"mask_noise": -0.5},
+                {"mask_noise": float("inf")}):
+        with pytest.raises(UsageError):
+            resolve_run_config("images", "mask_aae", "smoke", None, {"model": bad})
+    run = resolve_run_config("images", "mask_aae", "smoke", None,
+                             {"model": {"mask_poly_every": 0, "mask_poly_every_per_dim": 2.5, "mask_noise": 0.1}})
+    assert (run.model.mask_poly_every, run.model.mask_poly_every_per_dim, run.model.mask_noise) == (0, 2.5, 0.1)
+    defaults = resolve_run_config("images", "mask_aae", "smoke", None, {})
+    assert (defaults.model.mask_poly_every, defaults.model.mask_poly_every_per_dim, defaults.model.mask_noise) == (
+        0, 3.125, 0.0)
+
+
+def test_old_run_config_keeps_the_fixed_schedule(prepared_for):
+    """A config written before the per-dimension period recorded mask_poly_every 50 and neither
+    mask_poly_every_per_dim nor mask_noise: it loads with the fixed 50-step schedule, no noise."""
+    run, prepared = prepared_for("images", "mask_aae")
+    old = {k: v for k, v in to_dict(run.model).items() if k not in ("mask_poly_every_per_dim", "mask_noise")}
+    old["mask_poly_every"] = 50
+    ckpt = {"domain": "images", "model_name": "mask_aae", "preset": "smoke",
+            "config": {"model": old, "train": to_dict(run.train), "data": to_dict(run.data), "eval": to_dict(run.eval)}}
+    loaded = run_config_from_checkpoint(ckpt)
+    assert loaded.model.mask_poly_every == 50 and loaded.model.mask_noise == 0.0
+    validate(loaded)
+    model = MODELS.get("mask_aae").build(loaded.model, prepared.codec)
+    obj = model.objective
+    assert obj.poly_every == 50 and model.decoder.noise == 0.0
+    model.train()
+    for step in (0, 49, 50, 149, 150):
+        expected = 2 / obj.dim * 2 ** (step // 50)
+        assert obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() == pytest.approx(expected)
+
+
+def _roundtrip(state: dict[str, torch.Tensor], tmp_path) -> dict[str, torch.Tensor]:
+    torch.save(state, tmp_path / "state.pt")
+    return torch.load(tmp_path / "state.pt", weights_only=True)
+
+
+def test_stall_keys_of_either_kind_of_checkpoint_load(prepared_for, tmp_path):
+    """Checkpoints of earlier versions hold the stall's buffers even with the pause off; the load
+    hook drops them there, and a paused model loading a checkpoint without them starts afresh."""
+    _, _, paused = _model(prepared_for, mask_poly_hold=2.0, mask_poly_patience=3)
+    old_state = _roundtrip(paused.state_dict(), tmp_path)
+    assert {"objective.stall.ref", "objective.stall.since", "objective.stall.start"} <= set(old_state)
+    old_state["objective.stall.start"].fill_(7)
+    _, _, plain = _model(prepared_for)
+    assert plain.objective.stall is None
+    result = plain.load_state_dict(old_state)  # strict: no unexpected keys left
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(plain.objective.mask.raw, old_state["objective.mask.raw"])
+    new_state = _roundtrip(plain.state_dict(), tmp_path)
+    assert not any(".stall." in k for k in new_state)
+    _, _, paused2 = _model(prepared_for, mask_poly_hold=2.0, mask_poly_patience=3)
+    paused2.objective.stall.start.fill_(5)
+    paused2.load_state_dict(new_state)  # no stall keys: a fresh stall
+    assert int(paused2.objective.stall.start) == -1 and float(paused2.objective.stall.ref) == math.inf
+    paused2.load_state_dict(old_state)  # with stall keys: restored
+    assert int(paused2.objective.stall.start) == 7
+
+
+def test_resume_is_exact_with_the_pause_on(prepared_for, tmp_path):
+    ref_trainer, ref, ckpt, resumed_trainer, resumed = resume_runs(
+        lambda: _model(prepared_for, mask_poly_hold=2.0, mask_poly_patience=2, mask_poly_every=1), tmp_path)
+    assert "objective.stall.start" in ckpt["model_state"]
+    assert_same_training(ref_trainer, ref, resumed_trainer, resumed)
+
+
+def test_code_noise_in_training_only(prepared_for):
+    _, _, model = _model(prepared_for, mask_noise=0.5)
+    decoder = model.decoder
+    assert decoder.noise == 0.5
+    z = torch.randn(4, model.objective.dim)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(decoder(z, None), decoder.inner(model.objective.mask(z), None))
+        model.train()
+        torch.manual_seed(3)
+        noisy = decoder(z, None)
+        torch.manual_seed(3)
+        eps = torch.randn_like(z)
+        assert torch.allclose(noisy, decoder.inner(model.objective.mask(z + 0.5 * eps), None), atol=1e-6)
+    _, _, plain = _model(prepared_for)
+    assert plain.decoder.noise == 0.0
 
 
 def test_latest_start_from_the_config(prepared_for):
