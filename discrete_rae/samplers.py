@@ -35,6 +35,7 @@ class Sampler:
 
     name = "base"
     discrete = False  # True for samplers over one-hot categorical codes
+    progress = False  # set True by a caller that wants a bar over a long fit (the trained samplers)
 
     def __init__(self, **kwargs: Any) -> None:
         self.options = kwargs

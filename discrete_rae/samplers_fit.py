@@ -24,7 +24,6 @@ from torch import Tensor
 from .checkpoint import save_atomic
 from .registry import DOMAINS, SAMPLERS
 from .samplers import Sampler, build_sampler
-from .samplers_learned import LearnedSampler
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +61,8 @@ def fit_sampler(run_dir: Path, name: str, device: torch.device | None = None, se
     codes = domain.encode(loaded.model, prepared.train, device)
     t0 = time.monotonic()
     sampler = build_sampler(name, **sampler_options(name, loaded.run, options)).bind(loaded.model)
-    seed = loaded.run.train.seed if seed is None else seed
-    if isinstance(sampler, LearnedSampler):
-        sampler.fit(codes, seed=seed, progress=progress)  # a bar over the training steps
-    else:
-        sampler.fit(codes, seed=seed)
+    sampler.progress = progress  # a bar over the training steps of the samplers that train
+    sampler.fit(codes, seed=loaded.run.train.seed if seed is None else seed)
     log.info("fitted sampler %s on %d codes of %s in %.1fs", name, len(codes), run_dir, time.monotonic() - t0)
     payload = dict(loaded.checkpoint)
     payload["samplers"] = {**(payload.get("samplers") or {}), name: sampler.state_dict()}

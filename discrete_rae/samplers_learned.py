@@ -90,7 +90,6 @@ class LearnedSampler(Sampler):
         self.std: Tensor | None = None
         self.nets: nn.ModuleDict | None = None
         self.history: dict[str, Any] = {}
-        self.progress = False  # a tqdm bar over the training steps (set by fit)
 
     # --- subclass hooks ---------------------------------------------------------------------
     def _build(self) -> nn.ModuleDict:
@@ -107,14 +106,16 @@ class LearnedSampler(Sampler):
         raise NotImplementedError
 
     # --- fitting ----------------------------------------------------------------------------
-    def fit(self, codes: Tensor, seed: int = 0, progress: bool = False) -> "LearnedSampler":
-        """Train on codes [N, D]; keeps the weights with the lowest held-out loss (``progress``: a bar)."""
+    def fit(self, codes: Tensor, seed: int = 0, progress: bool | None = None) -> "LearnedSampler":
+        """Train on codes [N, D]; keeps the weights with the lowest held-out loss (``progress``: a bar;
+        None: the ``progress`` attribute)."""
         if codes.dim() != 2 or len(codes) < 4:
             raise ValueError(f"sampler {self.name} needs codes [N, D] with N >= 4, got shape {tuple(codes.shape)}")
         if not torch.isfinite(codes).all():
             raise ValueError(f"sampler {self.name}: the codes contain NaN or infinite values")
         super().fit(codes)
-        self.progress = bool(progress)
+        if progress is not None:
+            self.progress = bool(progress)
         gen = torch.Generator().manual_seed(int(seed))
         x = codes.detach().float().cpu()
         self.mean = x.mean(0)
