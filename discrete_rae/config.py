@@ -164,6 +164,10 @@ class LatentConfig:
                                             applies=_MASK)
     mask_noise: float = option(0.0, "MaskAAE: std of Gaussian noise added to the code before the mask in training "
                                "(the decoder reads alpha (z + noise); 0: off)", ge=0, applies=_MASK)
+    mask_code_bound: float = option(0.0, "MaskAAE: squash the code to B tanh(z / B) before the mask, in the decoder, "
+                                    "the critic and the penalties (0: off). Why: alpha * z is invariant to "
+                                    "shrinking alpha while the encoder enlarges z, which lets every alpha fall "
+                                    "together at large latent_dim", ge=0, applies=_MASK)
     mask_poly_start: int = option(300, "MaskAAE: the paused doubling resumes at this step at the latest (0: only "
                                   "when the descent stalls)", ge=0, applies=_MASK)
     mask_poly_hold: float = option(2048.0, "MaskAAE: the doubling pauses at this polynomial weight (per dimension, "

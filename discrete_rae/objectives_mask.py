@@ -87,6 +87,13 @@ the fixed schedule (and old run configs, which record 50, keep it).
 alpha (z + sigma eps), eps ~ N(0, I), so a dimension whose alpha is large passes noise the
 reconstruction must tolerate (not in the paper; the README's measurements are without it).
 
+**Code bound (optional, off by default).** alpha * z is unchanged when alpha shrinks by a factor
+and z grows by the same factor, and the W term only sees alpha * z, so at large D the mask can
+fall as a whole while the encoder enlarges its codes (measured on mnist5k at D = 64, 2,400 steps:
+every alpha ends near 0.013, none active, reconstruction intact). ``mask_code_bound`` B > 0
+squashes the code to B tanh(z / B) wherever the mask reads it (decoder, critic, generator, the
+variance penalty; prior draws too), so a smaller alpha always means a weaker signal.
+
 Scale: the paper's code weighs a per-pixel mean binary cross-entropy by 1000 in L_M; this
 toolkit's reconstruction is a per-image sum over pixels, so ``mask_rec_weight`` defaults to 1
 (not tuned; on mnist5k at 600 steps the number of active dimensions depends strongly on it).
@@ -132,12 +139,21 @@ WGAN_BETAS = (0.5, 0.9)
 
 
 class LatentMask(nn.Module):
-    """alpha = 1 - exp(-softplus(r)) in (0, 1)^D, r [D] a free parameter (module docstring)."""
+    """alpha = 1 - exp(-softplus(r)) in (0, 1)^D, r [D] a free parameter (module docstring).
 
-    def __init__(self, dim: int, init_high: float = 5.0) -> None:
+    ``bound`` B > 0: the mask reads the squashed code B tanh(z / B) (:meth:`squash`), so that
+    |z| < B and the encoder cannot undo a common shrinking of alpha by enlarging z.
+    """
+
+    def __init__(self, dim: int, init_high: float = 5.0, bound: float = 0.0) -> None:
         super().__init__()
         a = torch.rand(dim).mul(init_high).clamp_min(1e-3)  # the paper's a ~ U(0, 5)
         self.raw = nn.Parameter(torch.log(torch.expm1(a)))  # softplus^-1(a)
+        self.bound = float(bound)
+
+    def squash(self, z: Tensor) -> Tensor:
+        """B tanh(z / B) [..., D] for bound B > 0; z itself when the bound is off (0)."""
+        return self.bound * torch.tanh(z / self.bound) if self.bound > 0 else z
 
     def a(self) -> Tensor:
         """a = softplus(r) >= 0 [D]."""
@@ -148,8 +164,8 @@ class LatentMask(nn.Module):
         return -torch.expm1(-self.a())
 
     def forward(self, z: Tensor) -> Tensor:
-        """alpha * z for codes [..., D]."""
-        return z * self.alpha().to(z.dtype)
+        """alpha * squash(z) for codes [..., D]."""
+        return self.squash(z) * self.alpha().to(z.dtype)
 
 
 class MaskedDecoder(nn.Module):
@@ -276,7 +292,7 @@ class MaskAAE(Penalized):
                               f"({' | '.join(CONTINUOUS_LATENTS)}), not {cfg.latent!r}")
         self.dim = int(cfg.latent_dim)
         self.critic = Discriminator(self.dim, int(cfg.disc_hidden), int(cfg.disc_layers))
-        self.mask = LatentMask(self.dim)
+        self.mask = LatentMask(self.dim, bound=float(cfg.mask_code_bound))
         self.critic_steps, self.gp_weight = int(cfg.critic_steps), float(cfg.critic_gp)
         self.critic_lr, self.mask_lr = float(cfg.critic_lr), float(cfg.mask_lr)
         self.var_weight, self.rec_weight = float(cfg.mask_var_weight), float(cfg.mask_rec_weight)
@@ -317,10 +333,9 @@ class MaskAAE(Penalized):
     def alpha(self) -> Tensor:
         return self.mask.alpha()
 
-    @staticmethod
-    def raw_codes(model: Any, x: Tensor) -> Tensor:
-        """The unmasked codes z [B, D] (a posterior sample for Gaussian latents)."""
-        return model.latent(model.encoder(x)).z.float()
+    def raw_codes(self, model: Any, x: Tensor) -> Tensor:
+        """The unmasked codes squash(z) [B, D] (z a posterior sample for Gaussian latents)."""
+        return self.mask.squash(model.latent(model.encoder(x)).z.float())
 
     def _batch_codes(self, model: Any, x: Tensor, step: int) -> Tensor:
         """The batch's codes for the critic's repeats: the encoder does not move during them, so
@@ -333,8 +348,9 @@ class MaskAAE(Penalized):
         return cached[1]
 
     def masked_prior(self, model: Any, n: int, alpha: Tensor) -> Tensor:
-        """alpha * p, p ~ the model's prior [n, D]."""
-        return model.prior.sample(n).to(device=alpha.device, dtype=torch.float32) * alpha
+        """alpha * squash(p), p ~ the model's prior [n, D] (squash: the code bound, if any, as the
+        decoder applies it to a prior draw)."""
+        return self.mask.squash(model.prior.sample(n).to(device=alpha.device, dtype=torch.float32)) * alpha
 
     def wasserstein(self, q: Tensor, p: Tensor) -> Tensor:
         """The critic's estimate W = mean C(p) - mean C(q) (prior draws score high)."""
@@ -347,7 +363,7 @@ class MaskAAE(Penalized):
         rec = model.likelihood.nll(out, x).mean()
         latent_term = self.latent_term(model, lat, step)
         reg = model.decoder_penalty(lat, out, x)
-        var = variance_penalty(lat.z.float(), self.alpha().detach())
+        var = variance_penalty(self.mask.squash(lat.z.float()), self.alpha().detach())
         return {"loss": rec + latent_term + reg + self.var_weight * var, "rec": rec.detach(),
                 "latent": latent_term.detach(), "reg": reg.detach(), "var": var.detach(), **model.likelihood_terms()}
 
@@ -373,7 +389,7 @@ class MaskAAE(Penalized):
         with torch.no_grad():
             z = model.latent(model.encoder(x)).z
         rec = model.likelihood.nll(model.decoder(z, x), x).mean()  # the decoder applies alpha
-        w = self.wasserstein(z.float() * alpha, self.masked_prior(model, len(z), alpha))
+        w = self.wasserstein(self.mask.squash(z.float()) * alpha, self.masked_prior(model, len(z), alpha))
         a = alpha.detach()
         # the stall is followed in training steps only (an evaluation call must not move it) and
         # only when the pause is on (hold below the cap)

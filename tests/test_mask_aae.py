@@ -416,3 +416,39 @@ def test_latest_start_from_the_config(prepared_for):
     weights = [obj.mask_terms(model, prepared.train[:8], step)["poly_weight"].item() for step in range(6)]
     assert int(obj.stall.start) == 3
     assert weights[3:] == pytest.approx([h, 2 * h, 4 * h]) and max(weights[:3]) <= h
+
+
+def test_code_bound_squashes_every_code_the_mask_reads(prepared_for):
+    """--mask-code-bound B: the decoder, the critic's codes and prior draws and the variance penalty
+    all read B tanh(z / B), so |code| < B; off (0) by default, the identity."""
+    _, prepared, model = _model(prepared_for, mask_code_bound=2.0)
+    obj = model.objective
+    assert obj.mask.bound == 2.0
+    z = torch.randn(5, obj.dim) * 50
+    squashed = obj.mask.squash(z)
+    assert squashed.abs().max() <= 2.0 and torch.allclose(squashed, 2.0 * torch.tanh(z / 2.0))
+    model.eval()
+    with torch.no_grad():
+        alpha = obj.alpha()
+        assert torch.allclose(model.decoder(z, None), model.decoder.inner(squashed * alpha, None))
+        # a code 10x larger decodes like the bounded one: the encoder cannot outgrow a small alpha
+        big = torch.full((2, obj.dim), 30.0)
+        assert torch.allclose(model.decoder(big, None), model.decoder(big * 10, None), atol=1e-5)
+        codes = obj.raw_codes(model, prepared.train[:8])
+        assert codes.abs().max() <= 2.0
+        torch.manual_seed(0)
+        draws = obj.masked_prior(model, 4000, torch.ones(obj.dim))
+    assert draws.abs().max() <= 2.0 and draws.abs().max() > 1.0
+    assert obj.mask_terms(model, prepared.train[:8], 0)["loss"].isfinite()
+    _, _, plain = _model(prepared_for)
+    assert plain.objective.mask.bound == 0.0 and torch.equal(plain.objective.mask.squash(z), z)
+
+
+def test_code_bound_is_validated_and_refused_on_other_rows():
+    with pytest.raises(UsageError) as err:
+        resolve_run_config("images", "aae", "smoke", None, {"model": {"mask_code_bound": 3.0}})
+    assert len(str(err.value).splitlines()) == 1 and "--mask-code-bound" in str(err.value)
+    with pytest.raises(UsageError):
+        resolve_run_config("images", "mask_aae", "smoke", None, {"model": {"mask_code_bound": -1.0}})
+    run = resolve_run_config("images", "mask_aae", "smoke", None, {"model": {"mask_code_bound": 3.0}})
+    assert run.model.mask_code_bound == 3.0
