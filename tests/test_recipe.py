@@ -30,7 +30,8 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model_overrides", [{}, {"decoder_cell": "lstm"}, {"decoder": "repeat"},
                                              {"encoder": "gru", "enc_reverse": True},
-                                             {"encoder": "gru", "enc_cell": "lstm"}])
+                                             {"encoder": "gru", "enc_cell": "lstm"},
+                                             {"encoder": "transformer", "enc_hidden": 32, "enc_layers": 1}])
 def test_trimmed_decoder_gives_the_same_nll_per_example(prepared_for, model_overrides):
     run, prepared = prepared_for("molecules", "grammar_rae")
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model_overrides))
@@ -176,3 +177,32 @@ def test_cli_max_steps_is_recorded_in_metrics(tmp_path):
     assert code == 0
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["stopped"] == "max steps (3)" and metrics["epochs"] == 1
+
+
+def test_transformer_encoder_reads_order_and_checks_its_heads(prepared_for):
+    from discrete_rae.nn.sequence import TransformerSequenceEncoder
+    enc = TransformerSequenceEncoder(vocab=12, length=10, hidden=16, layers=2, heads=4).eval()
+    ids = torch.randint(0, 12, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = enc(ids)
+        swapped = enc(ids[:, [1, 0, *range(2, 10)]])
+    assert h.shape == (3, 16) and enc.out_dim == 16
+    assert not torch.allclose(h, swapped)  # positions matter: the mean pool is not a bag of tokens
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerSequenceEncoder(vocab=12, length=10, hidden=18, heads=4)
+    run, prepared = prepared_for("molecules", "grammar_rae")
+    bad = dataclasses.replace(run, model=dataclasses.replace(run.model, encoder="transformer", enc_hidden=30,
+                                                             enc_heads=4))
+    with pytest.raises(ConfigError, match="enc_heads"):
+        build_model(bad, prepared.codec)
+
+
+def test_transformer_options_are_refused_on_the_conv_encoder():
+    from discrete_rae.errors import UsageError
+    from discrete_rae.runconfig import resolve_run_config
+    with pytest.raises(UsageError) as err:
+        resolve_run_config("molecules", "grammar_rae", "smoke", None, {"model": {"enc_heads": 2}})
+    assert len(str(err.value).splitlines()) == 1 and "--enc-heads" in str(err.value)
+    run = resolve_run_config("molecules", "grammar_rae", "smoke", None,
+                             {"model": {"encoder": "transformer", "enc_heads": 2, "enc_hidden": 32}})
+    assert (run.model.encoder, run.model.enc_heads) == ("transformer", 2)

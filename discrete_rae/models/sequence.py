@@ -13,7 +13,8 @@ from typing import Any
 from ..codecs import CODECS, SequenceCodec
 from ..config import ConfigError, LatentConfig, names_in, option
 from ..model import SequenceLikelihood
-from ..nn.sequence import DECODERS, ENCODERS, RNN_CELLS, ConvSequenceEncoder, GRUSequenceEncoder
+from ..nn.sequence import (DECODERS, ENCODERS, RNN_CELLS, ConvSequenceEncoder, GRUSequenceEncoder,
+                           TransformerSequenceEncoder)
 from ..registry import FAMILIES, Family
 from .build import Networks
 
@@ -36,7 +37,8 @@ class SequenceModelConfig(LatentConfig):
 
     Encoder ``conv`` is the Grammar VAE's (channels/kernels/enc_hidden), ``gru`` a
     bidirectional GRU (``enc_layers``; ``enc_reverse`` reads the sequence reversed, as
-    MHG-VAE).  Decoder ``gru`` is autoregressive (teacher-forced; ``decoder_cell`` gru | lstm),
+    MHG-VAE), ``transformer`` self-attention layers (``enc_layers``, ``enc_heads``; width
+    ``enc_hidden``).  Decoder ``gru`` is autoregressive (teacher-forced; ``decoder_cell`` gru | lstm),
     ``repeat`` the paper's non-autoregressive one (code repeated at each step).
     """
 
@@ -46,14 +48,17 @@ class SequenceModelConfig(LatentConfig):
                           choices=names_in("discrete_rae.grammar", "builtin_names"), kind="grammar", optional=True,
                           applies={"codec": ("grammar",)})
     max_length: int = option(0, "sequence length; 0 = longest in the data", ge=0)
-    encoder: str = option("conv", "sequence encoder: conv = the Grammar VAE's, gru = bidirectional GRU",
+    encoder: str = option("conv", "sequence encoder: conv = the Grammar VAE's, gru = bidirectional GRU, "
+                          "transformer = self-attention layers, mean-pooled",
                           choices=ENCODERS, kind="sequence encoder")
     conv_channels: tuple[int, ...] = option((9, 9, 10), "conv encoder channels, comma-separated", ge=1, min_items=1,
                                             applies=_CONV)
     conv_kernels: tuple[int, ...] = option((9, 9, 11), "conv encoder kernel sizes, comma-separated", ge=1,
                                            min_items=1, applies=_CONV)
     enc_hidden: int = option(435, "encoder dense/hidden width", ge=1)
-    enc_layers: int = option(1, "GRU encoder layers", ge=1, applies={"encoder": ("gru",)})
+    enc_layers: int = option(1, "GRU / transformer encoder layers", ge=1, applies={"encoder": ("gru", "transformer")})
+    enc_heads: int = option(4, "transformer encoder: attention heads (must divide enc_hidden)", ge=1,
+                            applies={"encoder": ("transformer",)})
     enc_reverse: bool = option(False, "GRU encoder: read the sequence reversed (padding first, the first rule "
                                "last)", applies={"encoder": ("gru",)})
     enc_cell: str = option("gru", "recurrent encoder cell: gru | lstm (bidirectional either way; on the CPU "
@@ -81,6 +86,8 @@ def sequence_networks(cfg: SequenceModelConfig, codec: Any) -> Networks:
     vocab, length = codec.vocab_size, codec.max_length
     if cfg.encoder == "conv":
         encoder = ConvSequenceEncoder(vocab, length, cfg.conv_channels, cfg.conv_kernels, cfg.enc_hidden)
+    elif cfg.encoder == "transformer":
+        encoder = TransformerSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.enc_layers, cfg.enc_heads)
     else:
         encoder = GRUSequenceEncoder(vocab, length, cfg.enc_hidden, cfg.embed_dim, cfg.enc_layers, cfg.enc_reverse,
                                      cell=cfg.enc_cell)
@@ -105,6 +112,9 @@ def _check_choices(cfg: SequenceModelConfig) -> None:
             raise ConfigError(f"{key} {getattr(cfg, key)!r} is unknown; choose one of: {', '.join(known)}")
     if cfg.enc_layers < 1 or cfg.dec_layers < 1:
         raise ConfigError(f"enc_layers {cfg.enc_layers} and dec_layers {cfg.dec_layers} must be >= 1")
+    if cfg.encoder == "transformer" and cfg.enc_hidden % cfg.enc_heads:
+        raise ConfigError(f"enc_hidden {cfg.enc_hidden} must be divisible by enc_heads {cfg.enc_heads} "
+                          "(the transformer encoder splits its width over the heads)")
 
 
 FAMILIES.register("sequence", Family("sequence", SequenceModelConfig, sequence_networks, ("molecules", "expressions")))

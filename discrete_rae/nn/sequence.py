@@ -79,6 +79,33 @@ class GRUSequenceEncoder(nn.Module):
         return torch.cat([h[-2], h[-1]], dim=-1)
 
 
+class TransformerSequenceEncoder(nn.Module):
+    """Self-attention over token + learned position embeddings, mean-pooled -> h [B, hidden].
+
+    ids [B, L] -> Embedding(hidden) + position [L, hidden] -> ``layers`` x nn.TransformerEncoderLayer
+    (pre-norm, ``heads`` heads, feed-forward 2 hidden, GELU, no dropout) -> LayerNorm -> mean over
+    the L positions. Padding positions are attended like any token (they tell the length) and no
+    key mask is needed. Why offer it: every position is computed at once (large matrix products),
+    where a recurrent encoder walks the L steps one after the other.
+    """
+
+    def __init__(self, vocab: int, length: int, hidden: int = 128, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"transformer encoder width {hidden} is not divisible by its {heads} heads")
+        self.embed = nn.Embedding(vocab, hidden)
+        self.position = nn.Parameter(torch.randn(length, hidden) * 0.02)
+        layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.out_dim = hidden
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.embed(ids.long()) + self.position[: ids.shape[1]]
+        return self.norm(self.blocks(x)).mean(dim=1)
+
+
 def used_length(ids: Tensor, pad_index: int) -> int:
     """1 + the last position of ids [B, L] holding a non-padding token in any row (at least 1)."""
     used = (ids != pad_index).any(dim=0).nonzero()
@@ -193,5 +220,6 @@ class AutoregressiveGRUDecoder(nn.Module):
 
 
 RNN_CELLS: dict[str, Any] = {"gru": nn.GRU, "lstm": nn.LSTM}
-ENCODERS: dict[str, Any] = {"conv": ConvSequenceEncoder, "gru": GRUSequenceEncoder}
+ENCODERS: dict[str, Any] = {"conv": ConvSequenceEncoder, "gru": GRUSequenceEncoder,
+                            "transformer": TransformerSequenceEncoder}
 DECODERS: dict[str, Any] = {"gru": AutoregressiveGRUDecoder, "repeat": RepeatGRUDecoder}
