@@ -17,10 +17,12 @@ from typing import Any
 # 2-core CPU: benchmarks/train_speed.py measured 4.7 steps/s at batch 64 for molecules on
 # 2026-12-03 (the same figure for the code before the step budget, so 3,500 steps would take
 # 12 minutes there). On 2026-12-04 another machine of the same kind trained the 2,000 steps in
-# 303 s (6.6 steps/s, fresh-clone main job 6 min 57 s); the budget stays at 2,000 so that the
-# slower machine still finishes within 10 minutes. Expressions: about 4 minutes at the 8.7
+# 303 s (6.6 steps/s, fresh-clone main job 6 min 57 s). The wider conv encoder (64 channels,
+# kernels 5; 2026-12-04, README "Encoder capacity") costs 1 / 0.75 of the old step time with 2
+# threads (1 / 0.84 with one), so it gets 1,680 steps: equal time with one thread, 12% more than
+# the old 2,000 with two; about 8 minutes of training on the slower machine. Expressions: about 4 minutes at the 8.7
 # steps/s (batch 256, with validation) measured on 2026-12-03; 4,400 steps hit the 8-minute cap at step 4,193 there.
-QUICK_MOLECULE_STEPS = 2_000
+QUICK_MOLECULE_STEPS = 1_680
 QUICK_EXPRESSION_STEPS = 2_000
 # Safety caps: a much slower machine stops here instead of running on (recorded as "time cap").
 QUICK_MOLECULE_CAP_MINUTES = 15.0
@@ -52,10 +54,15 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # Encoders at this budget (README, "Encoder capacity", 2026-12-04): the reversed bi-GRU
             # of 256 reconstructs 3x better at the same 2,000 steps (0.131 vs 0.041) but costs 3.1x
             # the step time; at equal time the conv encoder beats the 128-wide bi-GRU and bi-LSTM.
+            # The Grammar VAE's conv stack (channels 9, 9, 10, kernels 9, 9, 11) is narrow: 64
+            # channels with kernels 5 at 1,680 steps (equal one-thread time) reconstruct 0.058 and
+            # 0.071 greedy (seeds 0, 1) against 0.040 and 0.022 for the narrow stack at 2,000, with
+            # validation NLL 8.9 / 9.0 against 10.2 / 11.8; 128 channels cost too much per step.
             # max_length 100 (the kekulised data's longest derivation is 87): decoding room, so that
             # the length mask rarely forces a row past the chemistry mask; training runs each batch
             # only to its longest sequence, so the room costs nothing there.
-            "model": {"grammar": "smiles_compact", "enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256,
+            "model": {"grammar": "smiles_compact", "conv_channels": (64, 64, 64), "conv_kernels": (5, 5, 5),
+                      "enc_hidden": 256, "latent_dim": 56, "dec_hidden": 256,
                       "dec_layers": 1, "embed_dim": 32, "max_length": 100},
             "train": {"epochs": 1000, "batch_size": 64, "lr": 2e-3, "max_steps": QUICK_MOLECULE_STEPS,
                       "max_minutes": QUICK_MOLECULE_CAP_MINUTES},
