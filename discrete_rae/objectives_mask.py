@@ -389,7 +389,7 @@ class MaskAAE(Penalized):
         with torch.no_grad():
             z = model.latent(model.encoder(x)).z
         rec = model.likelihood.nll(model.decoder(z, x), x).mean()  # the decoder applies alpha
-        w = self.wasserstein(self.mask.squash(z.float()) * alpha, self.masked_prior(model, len(z), alpha))
+        w = self.wasserstein(self.mask(z.float()), self.masked_prior(model, len(z), alpha))  # alpha * squash(z)
         a = alpha.detach()
         # the stall is followed in training steps only (an evaluation call must not move it) and
         # only when the pause is on (hold below the cap)
